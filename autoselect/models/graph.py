@@ -1,0 +1,244 @@
+"""The layer graph: every quantizable layer of a model, by module path, with its role, block, size and cost.
+
+Everything is derived from the module structure and one traced forward pass, not from a table per model:
+
+- **quantizable layers** are ``nn.Conv2d`` and ``nn.Linear`` modules, in the order the forward pass calls them;
+- a layer's **block** is its outermost ancestor below the root that is not a plain container (``Sequential``,
+  ``ModuleList``, ``ModuleDict``): an ``InvertedResidual``, ``BasicBlock`` or ``MBConv``; a layer with no such
+  ancestor is its own block (``fc``, ``classifier.1``);
+- **roles**: ``depthwise`` (groups == in_channels > 1); inside a block with a depthwise layer, a 1x1 conv before it
+  is ``expand``, a 1x1 conv fed by a global pool is ``se`` (squeeze-excitation), and the last other 1x1 conv after
+  it is ``project``; the first conv of the model is ``stem``; a ``Linear`` with no conv after it is
+  ``classifier``; everything else is ``conv`` (or ``linear``);
+- **BatchNorm pairs**: a ``BatchNorm2d`` whose input is exactly a conv's output is folded into that conv;
+- **MACs** are counted from the traced shapes for the given input size.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import pandas as pd
+import torch
+import torch.nn as nn
+
+__all__ = ["LayerInfo", "LayerGraph", "build_layer_graph", "QUANTIZABLE", "ROLES"]
+
+QUANTIZABLE = (nn.Conv2d, nn.Linear)
+ROLES = ("stem", "expand", "depthwise", "se", "project", "conv", "classifier", "linear")
+_CONTAINERS = (nn.Sequential, nn.ModuleList, nn.ModuleDict)
+_POOLS = (nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)
+
+
+@dataclass(frozen=True)
+class LayerInfo:
+    path: str
+    kind: str  # "conv" | "linear"
+    role: str
+    block: str
+    order: int
+    params: int
+    macs: int
+    in_channels: int
+    out_channels: int
+    kernel: tuple[int, int]
+    groups: int
+    input_shape: tuple[int, ...]
+    output_shape: tuple[int, ...]
+    bn: str | None = None  # path of the BatchNorm2d folded into this layer
+
+
+@dataclass
+class LayerGraph:
+    layers: list[LayerInfo]
+    input_shape: tuple[int, ...]
+    total_params: int
+    blocks: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self._by_path = {layer.path: layer for layer in self.layers}
+        if not self.blocks:
+            self.blocks = list(dict.fromkeys(layer.block for layer in self.layers))
+
+    def __iter__(self) -> Iterator[LayerInfo]:
+        return iter(self.layers)
+
+    def __len__(self) -> int:
+        return len(self.layers)
+
+    def __contains__(self, path: object) -> bool:
+        return path in self._by_path
+
+    def __getitem__(self, path: str) -> LayerInfo:
+        return self._by_path[path]
+
+    @property
+    def paths(self) -> list[str]:
+        return [layer.path for layer in self.layers]
+
+    def block_layers(self, block: str) -> list[LayerInfo]:
+        return [layer for layer in self.layers if layer.block == block]
+
+    def bn_pairs(self) -> dict[str, str]:
+        """conv path → BatchNorm path, for every conv followed directly by a BatchNorm2d."""
+        return {layer.path: layer.bn for layer in self.layers if layer.bn}
+
+    def to_frame(self) -> pd.DataFrame:
+        rows = [
+            {
+                "path": x.path,
+                "role": x.role,
+                "block": x.block,
+                "order": x.order,
+                "kind": x.kind,
+                "params": x.params,
+                "macs": x.macs,
+                "in_channels": x.in_channels,
+                "out_channels": x.out_channels,
+                "kernel": f"{x.kernel[0]}x{x.kernel[1]}",
+                "groups": x.groups,
+                "bn": x.bn or "",
+            }
+            for x in self.layers
+        ]
+        return pd.DataFrame(rows)
+
+
+def _block_of(model: nn.Module, path: str) -> str:
+    parts = path.split(".")
+    module = model
+    for i, part in enumerate(parts):
+        module = getattr(module, part) if not part.isdigit() else module[int(part)]  # type: ignore[index]
+        if type(module) not in _CONTAINERS:
+            return ".".join(parts[: i + 1])
+    return path
+
+
+@dataclass
+class _Call:
+    path: str
+    module: nn.Module
+    in_shape: tuple[int, ...]
+    out_shape: tuple[int, ...]
+    pooled_input: bool
+
+
+def _trace(model: nn.Module, example: torch.Tensor) -> tuple[list[_Call], dict[str, str]]:
+    calls: list[_Call] = []
+    seen: set[str] = set()
+    conv_out: dict[int, str] = {}
+    pooled: set[int] = set()
+    bn_of: dict[str, str] = {}
+    keep: list[torch.Tensor] = []  # keeps traced tensors alive so that their ids are not reused
+
+    def hook(path: str):
+        def fn(mod: nn.Module, inputs: tuple, output: object) -> None:
+            x = inputs[0] if inputs and isinstance(inputs[0], torch.Tensor) else None
+            if not isinstance(output, torch.Tensor) or x is None:
+                return
+            keep.extend((x, output))
+            if isinstance(mod, _POOLS) or id(x) in pooled:
+                if not list(mod.children()):
+                    pooled.add(id(output))
+            if isinstance(mod, QUANTIZABLE) and path not in seen:
+                seen.add(path)
+                calls.append(_Call(path, mod, tuple(x.shape), tuple(output.shape), id(x) in pooled))
+                if isinstance(mod, nn.Conv2d):
+                    conv_out[id(output)] = path
+            elif isinstance(mod, nn.BatchNorm2d) and id(x) in conv_out:
+                conv = conv_out.pop(id(x))
+                bn_of.setdefault(conv, path)
+
+        return fn
+
+    handles = [m.register_forward_hook(hook(p)) for p, m in model.named_modules() if p]
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            model(example)
+    finally:
+        for h in handles:
+            h.remove()
+        model.train(was_training)
+    return calls, bn_of
+
+
+def _macs(mod: nn.Module, out_shape: tuple[int, ...]) -> int:
+    per_sample_out = 1
+    for d in out_shape[1:]:
+        per_sample_out *= d
+    if isinstance(mod, nn.Conv2d):
+        kh, kw = mod.kernel_size
+        return per_sample_out * (mod.in_channels // mod.groups) * kh * kw
+    assert isinstance(mod, nn.Linear)
+    return per_sample_out * mod.in_features
+
+
+def _roles(calls: list[_Call], blocks: list[str]) -> list[str]:
+    roles = ["" for _ in calls]
+    is_conv = [isinstance(c.module, nn.Conv2d) for c in calls]
+    last_conv = max((i for i, c in enumerate(is_conv) if c), default=-1)
+    for i, c in enumerate(calls):
+        m = c.module
+        if isinstance(m, nn.Linear):
+            roles[i] = "classifier" if i > last_conv else "linear"
+        elif m.groups > 1 and m.groups == m.in_channels:
+            roles[i] = "depthwise"
+    for block in dict.fromkeys(blocks):
+        idx = [i for i, b in enumerate(blocks) if b == block]
+        dw = [i for i in idx if roles[i] == "depthwise"]
+        if not dw:
+            continue
+        pointwise = [
+            i for i in idx
+            if not roles[i] and is_conv[i] and calls[i].module.kernel_size == (1, 1) and calls[i].module.groups == 1
+        ]
+        after = []
+        for i in pointwise:
+            if i < dw[0]:
+                roles[i] = "expand"
+            elif calls[i].pooled_input:
+                roles[i] = "se"
+            elif i > dw[0]:
+                after.append(i)
+        if after:
+            roles[after[-1]] = "project"
+    first_conv = next((i for i, c in enumerate(is_conv) if c), None)
+    if first_conv is not None and roles[first_conv] in ("", "expand"):
+        roles[first_conv] = "stem"
+    return [r or "conv" for r in roles]
+
+
+def build_layer_graph(model: nn.Module, input_shape: tuple[int, ...] = (1, 3, 32, 32)) -> LayerGraph:
+    """Trace ``model`` once on zeros of ``input_shape`` and describe its quantizable layers."""
+    param = next(model.parameters(), None)
+    device = param.device if param is not None else torch.device("cpu")
+    calls, bn_of = _trace(model, torch.zeros(input_shape, device=device))
+    blocks = [_block_of(model, c.path) for c in calls]
+    roles = _roles(calls, blocks)
+    layers = []
+    for i, (c, block, role) in enumerate(zip(calls, blocks, roles)):
+        m = c.module
+        conv = isinstance(m, nn.Conv2d)
+        layers.append(
+            LayerInfo(
+                path=c.path,
+                kind="conv" if conv else "linear",
+                role=role,
+                block=block,
+                order=i,
+                params=sum(p.numel() for p in m.parameters(recurse=False)),
+                macs=_macs(m, c.out_shape),
+                in_channels=m.in_channels if conv else m.in_features,
+                out_channels=m.out_channels if conv else m.out_features,
+                kernel=tuple(m.kernel_size) if conv else (1, 1),  # type: ignore[arg-type]
+                groups=m.groups if conv else 1,
+                input_shape=c.in_shape,
+                output_shape=c.out_shape,
+                bn=bn_of.get(c.path),
+            )
+        )
+    total = sum(p.numel() for p in model.parameters())
+    return LayerGraph(layers=layers, input_shape=tuple(input_shape), total_params=total)
