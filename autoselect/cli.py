@@ -1,0 +1,211 @@
+"""The ``autoselect`` command: a thin layer over the public API. ``main(argv) -> int`` is testable in-process.
+
+Exit codes: 0 success, 2 bad input (one line on stderr, no traceback), 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from autoselect.errors import AutoselectError
+
+__all__ = ["main", "run"]
+
+
+def _common(p: argparse.ArgumentParser, *, data_default: str = "digits") -> None:
+    p.add_argument("--model", default="mobilenet_v2", help="torchvision name, registered name, or pkg.module:factory")
+    p.add_argument("--weights", help="FP32 checkpoint (.pt); without it the model has random weights")
+    p.add_argument("--num-classes", type=int, help="default: from the weights file, else from the data")
+    p.add_argument("--input-size", type=int, help="square input size; default: from the weights file, else 32")
+    p.add_argument("--data", default=data_default, help="'digits' (embedded), 'cifar10', or an ImageFolder directory")
+    p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:N")
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def _quant_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--target", default="generic", help="generic, x86, qnnpack, tensorrt, acl, snpe, tvm")
+    p.add_argument("--weight-bits", type=int, help="weight bit-width (simulation; default: the target's)")
+    p.add_argument("--weight-observer", default="minmax", choices=["minmax", "mse", "percentile"])
+    p.add_argument("--act-observer", default="minmax", choices=["minmax", "mse", "percentile"])
+    p.add_argument("--calib-images", type=int, default=1024, help="calibration images from the train split")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="autoselect", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    sub.add_parser("models", help="list model names")
+    p = sub.add_parser("graph", help="print the layer graph (roles, blocks, params, MACs)")
+    _common(p)
+    p.add_argument("--csv", help="also write it to this CSV file")
+
+    p = sub.add_parser("baseline", help="train or fine-tune the FP32 model and save a checkpoint")
+    _common(p)
+    p.add_argument("--epochs", type=int, default=15)
+    p.add_argument("--lr", type=float, default=0.1, help="peak learning rate of the one-cycle schedule")
+    p.add_argument("--train-images", type=int, help="use a random subset of the train split")
+    p.add_argument("--out", required=True, help="checkpoint file to write")
+
+    p = sub.add_parser("ptq", help="FP32 vs per-tensor and per-channel PTQ top-1")
+    _common(p)
+    _quant_options(p)
+    p.add_argument("--eval-images", type=int, help="evaluate on a random subset of the test split")
+    p.add_argument("--json", help="also write the results to this JSON file")
+
+    p = sub.add_parser("profile", help="rank layers and blocks by quantization sensitivity")
+    _common(p)
+    _quant_options(p)
+    p.add_argument("--per-tensor", action="store_true", help="per-tensor weights (default: the target's)")
+    p.add_argument("--isolated", action="store_true", help="also quantize one layer at a time (one pass per layer)")
+    p.add_argument("--isolated-images", type=int, help="images for the isolated passes (default: all calibration)")
+    p.add_argument("--rank-by", default="local_drift", help="column to rank layers by (local_drift, drift, qmse, iso_qkl)")
+    p.add_argument("--top", type=int, default=10)
+    p.add_argument("--cache-mb", type=int, default=2048, help="memory for FP32 reference outputs (else 3 passes)")
+    p.add_argument("--out", help="output directory (default: runs/profile-MODEL)")
+
+    p = sub.add_parser("search", help="search per-layer actions (not implemented yet)")
+    _common(p)
+    return parser
+
+
+def _spec(args: argparse.Namespace, *, per_channel: bool | None = None):
+    from autoselect.quant.targets import get_target
+
+    return get_target(args.target).spec(weight_bits=args.weight_bits, weight_observer=args.weight_observer,
+                                        act_observer=args.act_observer, per_channel=per_channel)
+
+
+def _prepare(args: argparse.Namespace, **kw):
+    from autoselect.setup import prepare
+
+    return prepare(args.model, weights=args.weights, data=args.data, num_classes=args.num_classes,
+                   input_size=args.input_size, seed=args.seed, **kw)
+
+
+def _device(args: argparse.Namespace):
+    from autoselect.evaluate import resolve_device
+
+    return resolve_device(args.device)
+
+
+def _cmd_models(args: argparse.Namespace) -> int:
+    from autoselect.models import list_models
+
+    print("\n".join(list_models()))
+    return 0
+
+
+def _cmd_graph(args: argparse.Namespace) -> int:
+    from autoselect.models import build_layer_graph, load_model
+
+    loaded = load_model(args.model, weights=args.weights, num_classes=args.num_classes, input_size=args.input_size)
+    graph = build_layer_graph(loaded.model, (1, 3, loaded.input_size, loaded.input_size))
+    df = graph.to_frame()
+    print(df.to_string(index=False))
+    print(f"\n{len(graph)} quantizable layers in {len(graph.blocks)} blocks; {graph.total_params:,} parameters")
+    if args.csv:
+        from autoselect._io import atomic_path
+
+        with atomic_path(args.csv) as tmp:
+            df.to_csv(tmp, index=False)
+    return 0
+
+
+def _cmd_baseline(args: argparse.Namespace) -> int:
+    from autoselect.models import save_checkpoint
+    from autoselect.train import train_baseline
+
+    prep = _prepare(args, train_images=args.train_images, warn_untrained=False)
+    assert prep.train is not None and prep.test is not None
+    lm = prep.loaded
+    res = train_baseline(lm.model, prep.train, prep.test, epochs=args.epochs, lr=args.lr, batch_size=args.batch_size,
+                         device=_device(args), seed=args.seed, progress=not args.quiet)
+    lm.model.load_state_dict(res.best_state)
+    save_checkpoint(args.out, lm.model, model_name=lm.name, num_classes=lm.num_classes, input_size=lm.input_size,
+                    normalize=prep.train.normalize, test_acc=res.best_acc, epoch=res.best_epoch,
+                    data=args.data, history=res.history)
+    print(f"FP32 top-1 {res.best_acc:.2f}% (epoch {res.best_epoch}/{args.epochs}) -> {args.out}")
+    return 0
+
+
+def _cmd_ptq(args: argparse.Namespace) -> int:
+    from autoselect.ptq import evaluate_ptq
+
+    device = _device(args)
+    schemes = {"per_tensor": _spec(args, per_channel=False), "per_channel": _spec(args, per_channel=True)}
+    prep = _prepare(args, train_images=args.calib_images, test_images=args.eval_images)
+    assert prep.train is not None and prep.test is not None
+    res = evaluate_ptq(prep.loaded.model, prep.train.batches(args.batch_size, device=device),
+                       prep.test.batches(args.batch_size, device=device), schemes, device=device,
+                       progress=not args.quiet)
+    print(f"{args.model} on {len(prep.test)} {args.data} test images; calibration: {len(prep.train)} train images")
+    for name, spec in [("fp32", None), *schemes.items()]:
+        label = "FP32" if spec is None else f"{name.replace('_', '-')}: {spec.describe()}"
+        print(f"  top-1 {res[name]:6.2f}%  {label}")
+    if args.json:
+        from autoselect._io import atomic_path
+
+        with atomic_path(args.json) as tmp:
+            tmp.write_text(json.dumps({"model": args.model, "target": args.target, "top1": res}, indent=2) + "\n")
+    return 0
+
+
+def _cmd_profile(args: argparse.Namespace) -> int:
+    from autoselect.profiling import check_rank_by, profile
+
+    device = _device(args)
+    spec = _spec(args, per_channel=False if args.per_tensor else None)
+    check_rank_by(args.rank_by, isolated=args.isolated)
+    prep = _prepare(args, train_images=args.calib_images, splits=("train",))
+    assert prep.train is not None
+    report = profile(prep.loaded.model, prep.train.batches(args.batch_size, device=device), spec=spec,
+                     isolated=args.isolated, isolated_images=args.isolated_images, rank_by=args.rank_by,
+                     device=device, cache_mb=args.cache_mb, progress=not args.quiet, model_name=args.model)
+    out = Path(args.out or f"runs/profile-{args.model.replace(':', '_')}")
+    written = report.save(out)
+    o = report.output
+    print(f"{args.model}: {len(prep.train)} calibration images, {spec.describe()}")
+    line = f"logits: QMSE {o['qmse']:.4g}  QCE {o['qce']:.4g}  QKL {o['qkl']:.4g}  agreement {o['agreement']:.2f}%"
+    if "top1_fp32" in o:
+        line += f"  top-1 FP32 {o['top1_fp32']:.2f}% / quantized {o['top1_quant']:.2f}%"
+    print(line)
+    print(f"\ntop {args.top} layers by {args.rank_by}:\n{report.format_top(args.top)}\n")
+    for key, path in written.items():
+        print(f"  {key:12s} {path}")
+    return 0
+
+
+def _cmd_search(args: argparse.Namespace) -> int:
+    raise AutoselectError("`autoselect search` is not implemented yet (issue 4); use `autoselect profile` for now")
+
+
+_COMMANDS = {
+    "models": _cmd_models, "graph": _cmd_graph, "baseline": _cmd_baseline, "ptq": _cmd_ptq,
+    "profile": _cmd_profile, "search": _cmd_search,
+}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # argparse already printed its one-line usage error
+        return int(exc.code or 0)
+    try:
+        return _COMMANDS[args.command](args)
+    except AutoselectError as exc:
+        print(f"autoselect: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("autoselect: interrupted", file=sys.stderr)
+        return 130
+
+
+def run() -> None:
+    sys.exit(main())

@@ -1,0 +1,105 @@
+"""``QuantLayer``: a Conv2d or Linear whose weight and input activation are fake-quantized.
+
+It replaces the original module at the same path (the original lives on as ``.layer``), so hooks and state-dict
+prefixes keep their meaning. Each layer has a ``mode``:
+
+- ``"fp32"``: the plain layer (BatchNorm already folded in);
+- ``"observe"``: the plain layer, and the input activation is recorded by the observer (calibration);
+- ``"quant"``: input activation and weight are fake-quantized per the layer's :class:`QuantSpec`.
+
+Weight scales follow the weight: they are recomputed whenever the weight tensor changes in place (an optimizer
+step), so the same module serves PTQ and QAT. Gradients flow straight through the rounding (STE).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from autoselect.quant.observers import ActivationObserver, fake_quant, weight_qparams
+from autoselect.quant.spec import QuantSpec
+
+__all__ = ["QuantLayer", "MODES"]
+
+MODES = ("fp32", "observe", "quant")
+
+
+class QuantLayer(nn.Module):
+    def __init__(self, layer: nn.Conv2d | nn.Linear, spec: QuantSpec | None, *, per_channel_stats: bool = False,
+                 seed: int = 0) -> None:
+        super().__init__()
+        if not isinstance(layer, (nn.Conv2d, nn.Linear)):
+            raise TypeError(f"QuantLayer wraps Conv2d or Linear, not {type(layer).__name__}")
+        self.layer = layer
+        self.spec = spec
+        self.mode = "fp32"
+        self.register_buffer("act_scale", torch.ones(()))
+        self.register_buffer("act_zero_point", torch.zeros((), dtype=torch.int32))
+        self.act_calibrated = False
+        self.observer = (
+            ActivationObserver(spec.act, per_channel_stats=per_channel_stats, seed=seed)
+            if spec is not None and spec.act is not None
+            else None
+        )
+        self._wq: tuple[torch.Tensor, torch.Tensor] | None = None
+        self._wq_key: tuple[int, int, str] | None = None
+        self._qw: torch.Tensor | None = None  # fake-quantized weight, reused while nothing needs its gradient
+        self._qw_key: tuple[int, int, str] | None = None
+
+    def extra_repr(self) -> str:
+        return f"mode={self.mode}, spec={self.spec.describe() if self.spec else 'fp32'}"
+
+    # -- calibration -------------------------------------------------------------------------------------------
+    def finish_calibration(self) -> None:
+        """Turn the observer's statistics into the activation scale/zero-point."""
+        if self.observer is None:
+            return
+        scale, zp = self.observer.qparams()
+        self.act_scale.copy_(scale)
+        self.act_zero_point.copy_(zp)
+        self.act_calibrated = True
+
+    # -- quantized tensors -------------------------------------------------------------------------------------
+    def weight_qparams(self) -> tuple[torch.Tensor, torch.Tensor]:
+        assert self.spec is not None and self.spec.weight is not None
+        w = self.layer.weight
+        key = (w.data_ptr(), w._version, str(w.device))
+        if self._wq is None or self._wq_key != key:
+            scale, zp = weight_qparams(w, self.spec.weight)
+            self._wq = (scale.to(w.device), zp.to(w.device))
+            self._wq_key = key
+        return self._wq
+
+    def quantized_weight(self) -> torch.Tensor:
+        w = self.layer.weight
+        if self.spec is None or self.spec.weight is None:
+            return w
+        needs_grad = torch.is_grad_enabled() and w.requires_grad
+        if not needs_grad and self._qw is not None and self._qw_key == (w.data_ptr(), w._version, str(w.device)):
+            return self._qw
+        scale, zp = self.weight_qparams()
+        qw = fake_quant(w, scale, zp, self.spec.weight, axis=0)
+        if not needs_grad:
+            self._qw, self._qw_key = qw.detach(), self._wq_key
+        return qw
+
+    def quantize_input(self, x: torch.Tensor) -> torch.Tensor:
+        if self.spec is None or self.spec.act is None:
+            return x
+        if not self.act_calibrated:
+            raise RuntimeError("activation quantizer used before calibration")
+        return fake_quant(x, self.act_scale, self.act_zero_point, self.spec.act)
+
+    def _run(self, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        layer = self.layer
+        if isinstance(layer, nn.Conv2d):
+            return layer._conv_forward(x, w, layer.bias)
+        return F.linear(x, w, layer.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.mode == "quant" and self.spec is not None:
+            return self._run(self.quantize_input(x), self.quantized_weight())
+        if self.mode == "observe" and self.observer is not None:
+            self.observer.update(x)
+        return self.layer(x)

@@ -1,0 +1,85 @@
+"""Simulated quantization of a whole model: copy it, fold BatchNorm, wrap every quantizable layer, calibrate.
+
+::
+
+    qmodel = quantize_model(model, w8a8(per_channel=True), input_shape=(1, 3, 32, 32))
+    calibrate(qmodel, calibration_batches)
+    set_mode(qmodel, "quant")        # or "fp32" for the BN-folded reference
+
+The original model is never modified.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Iterable, Mapping
+
+import torch
+import torch.nn as nn
+from tqdm.auto import tqdm
+
+from autoselect.data.batches import split_batch
+from autoselect.models.graph import LayerGraph, build_layer_graph
+from autoselect.quant.bn_fold import fold_batchnorm, set_submodule
+from autoselect.quant.layer import MODES, QuantLayer
+from autoselect.quant.spec import QuantSpec, resolve_specs
+
+__all__ = ["quantize_model", "quant_layers", "set_mode", "calibrate"]
+
+
+def quantize_model(
+    model: nn.Module,
+    specs: QuantSpec | Mapping[str, QuantSpec | None],
+    *,
+    graph: LayerGraph | None = None,
+    input_shape: tuple[int, ...] = (1, 3, 32, 32),
+    fold_bn: bool = True,
+    per_channel_stats: bool = False,
+) -> nn.Module:
+    """A copy of ``model`` with BatchNorm folded and each quantizable layer wrapped in :class:`QuantLayer`.
+
+    ``specs`` is one spec for all layers or a per-layer map (see :func:`autoselect.quant.spec.resolve_specs`);
+    layers that resolve to ``None`` are wrapped too but stay FP32 in every mode.
+    """
+    graph = graph or build_layer_graph(model, input_shape)
+    qmodel = copy.deepcopy(model).eval()
+    if fold_bn:
+        fold_batchnorm(qmodel, graph.bn_pairs())
+    resolved = resolve_specs(graph.paths, specs)
+    for i, path in enumerate(graph.paths):
+        layer = qmodel.get_submodule(path)
+        assert isinstance(layer, (nn.Conv2d, nn.Linear))
+        set_submodule(qmodel, path, QuantLayer(layer, resolved[path], per_channel_stats=per_channel_stats, seed=i))
+    return qmodel
+
+
+def quant_layers(model: nn.Module) -> dict[str, QuantLayer]:
+    """Path → QuantLayer for every wrapped layer, in module order."""
+    return {p: m for p, m in model.named_modules() if isinstance(m, QuantLayer)}
+
+
+def set_mode(model: nn.Module, mode: str, only: Iterable[str] | None = None) -> None:
+    """Set ``mode`` on every QuantLayer (or on those in ``only``; the others are set to ``"fp32"``)."""
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+    chosen = None if only is None else set(only)
+    for path, layer in quant_layers(model).items():
+        layer.mode = mode if chosen is None or path in chosen else "fp32"
+
+
+@torch.no_grad()
+def calibrate(model: nn.Module, data: Iterable, *, device: torch.device | str = "cpu",
+              progress: bool = False) -> int:
+    """Run ``data`` through ``model`` observing activations, then fix activation scales. Returns images seen."""
+    set_mode(model, "observe")
+    seen = 0
+    for batch in tqdm(data, desc="calibrate", disable=not progress, leave=False):
+        x, _ = split_batch(batch)
+        model(x.to(device))
+        seen += x.shape[0]
+    if seen == 0:
+        raise ValueError("calibration data is empty")
+    for layer in quant_layers(model).values():
+        layer.finish_calibration()
+    set_mode(model, "quant")
+    return seen

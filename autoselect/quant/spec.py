@@ -1,0 +1,124 @@
+"""What to quantize and how: one :class:`TensorQuant` per tensor, one :class:`QuantSpec` per layer.
+
+Per-layer maps (:func:`resolve_specs`) are keyed by module path, with this precedence:
+
+1. an exact module path (``"features.3.conv.1.0"``);
+2. the first ``"re:<pattern>"`` key, in the map's order, whose pattern ``re.fullmatch``-es the path;
+3. ``"_default"``;
+4. otherwise the layer stays FP32 (``None``).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field, replace
+
+from autoselect.errors import AutoselectError
+
+__all__ = ["TensorQuant", "QuantSpec", "OBSERVERS", "resolve_specs", "w8a8"]
+
+OBSERVERS = ("minmax", "mse", "percentile")
+
+
+@dataclass(frozen=True, kw_only=True)
+class TensorQuant:
+    """Uniform quantization of one tensor (seed 002, eq. 1).
+
+    ``symmetric`` uses signed integers with zero-point 0; asymmetric uses unsigned integers ``[0, 2^bits - 1]`` with
+    a zero-point, so that non-negative activations use the whole range. ``per_channel`` (weights only) gives each
+    output channel its own scale. ``pot`` rounds scales up to powers of two (TVM).
+    """
+
+    bits: int = 8
+    symmetric: bool = True
+    per_channel: bool = False
+    observer: str = "minmax"
+    percentile: float = 99.99
+    pot: bool = False
+
+    def __post_init__(self) -> None:
+        if not 2 <= self.bits <= 16:
+            raise AutoselectError(f"bit-width must be between 2 and 16, got {self.bits}")
+        if self.observer not in OBSERVERS:
+            raise AutoselectError(f"unknown observer {self.observer!r}; choose one of {', '.join(OBSERVERS)}")
+        if not 50.0 < self.percentile <= 100.0:
+            raise AutoselectError(f"percentile must be in (50, 100], got {self.percentile}")
+
+    @property
+    def qmin(self) -> int:
+        return -(2 ** (self.bits - 1)) if self.symmetric else 0
+
+    @property
+    def qmax(self) -> int:
+        return 2 ** (self.bits - 1) - 1 if self.symmetric else 2**self.bits - 1
+
+    def describe(self) -> str:
+        gran = "per-channel" if self.per_channel else "per-tensor"
+        sym = "sym" if self.symmetric else "asym"
+        pot = " pot" if self.pot else ""
+        return f"{self.bits}b {sym} {gran} {self.observer}{pot}"
+
+
+@dataclass(frozen=True, kw_only=True)
+class QuantSpec:
+    """How one layer is quantized: its weight and its input activation (``None`` = kept in FP32)."""
+
+    weight: TensorQuant | None = field(default_factory=lambda: TensorQuant(per_channel=True))
+    act: TensorQuant | None = field(default_factory=lambda: TensorQuant(symmetric=False))
+
+    def __post_init__(self) -> None:
+        if self.act is not None and self.act.per_channel:
+            raise AutoselectError("per-channel activation quantization is not supported by any target")
+
+    def with_weight(self, **changes: object) -> QuantSpec:
+        assert self.weight is not None
+        return replace(self, weight=replace(self.weight, **changes))  # type: ignore[arg-type]
+
+    def describe(self) -> str:
+        w = self.weight.describe() if self.weight else "fp32"
+        a = self.act.describe() if self.act else "fp32"
+        return f"W[{w}] A[{a}]"
+
+
+def w8a8(*, per_channel: bool = True, weight_bits: int = 8, act_bits: int = 8, weight_observer: str = "minmax",
+         act_observer: str = "minmax", act_symmetric: bool = False) -> QuantSpec:
+    """The usual deployment scheme: symmetric weights, asymmetric (unsigned) activations."""
+    return QuantSpec(
+        weight=TensorQuant(bits=weight_bits, symmetric=True, per_channel=per_channel, observer=weight_observer),
+        act=TensorQuant(bits=act_bits, symmetric=act_symmetric, observer=act_observer),
+    )
+
+
+def resolve_specs(
+    paths: Iterable[str], mapping: QuantSpec | Mapping[str, QuantSpec | None]
+) -> dict[str, QuantSpec | None]:
+    """Give every layer path its spec from ``mapping`` (see the module docstring for precedence)."""
+    paths = list(paths)
+    if isinstance(mapping, QuantSpec):
+        return {p: mapping for p in paths}
+    known = set(paths)
+    exact = {k: v for k, v in mapping.items() if not k.startswith("re:") and k != "_default"}
+    unknown = sorted(set(exact) - known)
+    if unknown:
+        raise AutoselectError(f"no quantizable layer named {unknown[0]!r} in this model ({len(unknown)} unknown)")
+    patterns = []
+    for key, spec in mapping.items():
+        if key.startswith("re:"):
+            try:
+                patterns.append((re.compile(key[3:]), spec))
+            except re.error as exc:
+                raise AutoselectError(f"bad layer pattern {key!r}: {exc}") from None
+    default = mapping.get("_default")
+    out: dict[str, QuantSpec | None] = {}
+    for p in paths:
+        if p in exact:
+            out[p] = exact[p]
+            continue
+        for pat, spec in patterns:
+            if pat.fullmatch(p):
+                out[p] = spec
+                break
+        else:
+            out[p] = default
+    return out

@@ -1,0 +1,64 @@
+"""From command-line choices to a ready (model, data) pair, with the consistency checks users need."""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+
+from autoselect.data.batches import ImageSet
+from autoselect.data.sources import load_images
+from autoselect.errors import AutoselectError
+from autoselect.models.loading import LoadedModel, load_model
+
+__all__ = ["Prepared", "prepare"]
+
+
+@dataclass
+class Prepared:
+    loaded: LoadedModel
+    train: ImageSet | None
+    test: ImageSet | None
+
+
+def _check_classes(data: ImageSet, loaded: LoadedModel) -> None:
+    top = int(data.labels.max()) + 1 if len(data) else 0
+    if max(data.num_classes, top) > loaded.num_classes:
+        raise AutoselectError(
+            f"data {data.source} has {data.num_classes} classes but model {loaded.name} outputs "
+            f"{loaded.num_classes} (check --num-classes or --weights)"
+        )
+
+
+def prepare(
+    model: str,
+    *,
+    weights: str | None,
+    data: str,
+    num_classes: int | None = None,
+    input_size: int | None = None,
+    train_images: int | None = None,
+    test_images: int | None = None,
+    splits: tuple[str, ...] = ("train", "test"),
+    seed: int = 0,
+    warn_untrained: bool = True,
+) -> Prepared:
+    """Load the model (classes and input size from the weights file, else the data, else 32) and the splits."""
+    loaded_data: dict[str, ImageSet] = {}
+    limits = {"train": train_images, "test": test_images}
+    if weights is None and num_classes is None:
+        size = input_size or 32
+        for s in splits:
+            loaded_data[s] = load_images(data, split=s, input_size=size, limit=limits[s], seed=seed)
+        num_classes = loaded_data[splits[0]].num_classes
+        loaded = load_model(model, num_classes=num_classes, input_size=size)
+    else:
+        loaded = load_model(model, weights=weights, num_classes=num_classes, input_size=input_size)
+        for s in splits:
+            loaded_data[s] = load_images(data, split=s, input_size=loaded.input_size, limit=limits[s], seed=seed)
+    for s, d in loaded_data.items():
+        _check_classes(d, loaded)
+        loaded_data[s] = d.with_normalize(loaded.normalize)
+    if weights is None and warn_untrained:
+        print(f"note: no --weights given; {model} has random weights (train one with `autoselect baseline`)",
+              file=sys.stderr)
+    return Prepared(loaded=loaded, train=loaded_data.get("train"), test=loaded_data.get("test"))

@@ -1,0 +1,81 @@
+"""FP32 baseline training / fine-tuning, for users who have no checkpoint.
+
+The recipe of the reference fixtures: SGD (momentum 0.9, Nesterov), one-cycle LR, weight decay 5e-4, reflect-pad-4
+random crop and horizontal flip.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from autoselect.data.batches import ImageSet
+from autoselect.evaluate import accuracy
+
+__all__ = ["BaselineResult", "train_baseline"]
+
+
+@dataclass
+class BaselineResult:
+    test_acc: float
+    best_acc: float
+    best_epoch: int
+    history: list[dict[str, Any]] = field(default_factory=list)
+    best_state: dict[str, torch.Tensor] = field(default_factory=dict)
+
+
+def train_baseline(
+    model: nn.Module,
+    train: ImageSet,
+    test: ImageSet,
+    *,
+    epochs: int = 10,
+    lr: float = 0.1,
+    batch_size: int = 128,
+    weight_decay: float = 5e-4,
+    augment: bool = True,
+    device: torch.device | str = "cpu",
+    seed: int = 0,
+    progress: bool = False,
+) -> BaselineResult:
+    """Train ``model`` in place; keeps the best test-accuracy weights in ``best_state``."""
+    if epochs < 1:
+        raise ValueError("epochs must be at least 1")
+    torch.manual_seed(seed)
+    model.to(device)
+    batches = train.batches(batch_size, device=device, shuffle=True, augment=augment, seed=seed)
+    evaluation = test.batches(512, device=device)
+    opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, nesterov=True, weight_decay=weight_decay)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=epochs * len(batches))
+    result = BaselineResult(test_acc=0.0, best_acc=-1.0, best_epoch=0)
+    for epoch in range(1, epochs + 1):
+        model.train()
+        total, correct, loss_sum = 0, 0, 0.0
+        bar = tqdm(batches, desc=f"epoch {epoch}/{epochs}", disable=not progress, leave=False)
+        for x, y in bar:
+            opt.zero_grad(set_to_none=True)
+            out = model(x)
+            loss = F.cross_entropy(out, y)
+            loss.backward()
+            opt.step()
+            sched.step()
+            total += len(y)
+            correct += int((out.argmax(1) == y).sum())
+            loss_sum += loss.item() * len(y)
+            bar.set_postfix(loss=f"{loss_sum / total:.3f}", acc=f"{100 * correct / total:.1f}")
+        acc = accuracy(model, evaluation, device=device)
+        result.history.append({"epoch": epoch, "train_loss": loss_sum / total, "train_acc": 100 * correct / total,
+                               "test_acc": acc})
+        if progress:
+            tqdm.write(f"epoch {epoch}/{epochs}: loss {loss_sum / total:.3f}, test top-1 {acc:.2f}%")
+        if acc > result.best_acc:
+            result.best_acc, result.best_epoch = acc, epoch
+            result.best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+        result.test_acc = acc
+    model.eval()
+    return result

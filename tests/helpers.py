@@ -1,0 +1,54 @@
+"""A tiny CNN with the structure that matters (stem, inverted residual blocks with depthwise convs, classifier)."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+
+
+class TinyBlock(nn.Module):
+    def __init__(self, cin: int, cout: int, expand: int = 2, stride: int = 1) -> None:
+        super().__init__()
+        hidden = cin * expand
+        self.use_res = stride == 1 and cin == cout
+        self.conv = nn.Sequential(
+            nn.Conv2d(cin, hidden, 1, bias=False), nn.BatchNorm2d(hidden), nn.ReLU6(inplace=True),
+            nn.Conv2d(hidden, hidden, 3, stride, 1, groups=hidden, bias=False), nn.BatchNorm2d(hidden),
+            nn.ReLU6(inplace=True),
+            nn.Conv2d(hidden, cout, 1, bias=False), nn.BatchNorm2d(cout),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.conv(x)
+        return x + out if self.use_res else out
+
+
+class TinyNet(nn.Module):
+    def __init__(self, num_classes: int = 10) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, 8, 3, 2, 1, bias=False), nn.BatchNorm2d(8), nn.ReLU6(inplace=True))
+        self.blocks = nn.Sequential(TinyBlock(8, 8), TinyBlock(8, 16, stride=2), TinyBlock(16, 16))
+        self.head = nn.Linear(16, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.blocks(self.stem(x))
+        return self.head(x.mean(dim=(2, 3)))
+
+
+def tiny_net(num_classes: int = 10) -> TinyNet:
+    """Factory for ``--model tests.helpers:tiny_net``; BN statistics are randomized so that folding matters."""
+    torch.manual_seed(0)
+    model = TinyNet(num_classes)
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.5, 0.5)
+            m.running_var.uniform_(0.5, 2.0)
+            m.weight.data.uniform_(0.5, 1.5)
+            m.bias.data.uniform_(-0.2, 0.2)
+    return model.eval()
+
+
+def random_batches(n_batches: int = 3, batch: int = 8, size: int = 32, classes: int = 10, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    return [(torch.randn(batch, 3, size, size, generator=g), torch.randint(0, classes, (batch,), generator=g))
+            for _ in range(n_batches)]

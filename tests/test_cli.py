@@ -1,0 +1,84 @@
+from __future__ import annotations
+
+import pytest
+import torch
+
+from autoselect._io import atomic_path
+from autoselect.cli import main
+
+TINY = ["--model", "tests.helpers:tiny_net", "--quiet"]
+
+
+def test_models_lists_names(capsys):
+    assert main(["models"]) == 0
+    assert "mobilenet_v2" in capsys.readouterr().out.split()
+
+
+def test_graph_prints_roles(capsys, tmp_path):
+    assert main(["graph", *TINY, "--csv", str(tmp_path / "g.csv")]) == 0
+    out = capsys.readouterr().out
+    assert "depthwise" in out and "11 quantizable layers in 5 blocks" in out
+    assert (tmp_path / "g.csv").read_text().startswith("path,role,block")
+
+
+def test_baseline_then_ptq_then_profile(tmp_path, capsys):
+    ckpt = tmp_path / "tiny.pt"
+    assert main(["baseline", *TINY, "--data", "digits", "--epochs", "1", "--train-images", "128",
+                 "--out", str(ckpt)]) == 0
+    saved = torch.load(ckpt, weights_only=True)
+    assert saved["model"] == "tests.helpers:tiny_net" and saved["num_classes"] == 10 and "test_acc" in saved
+    assert main(["ptq", *TINY, "--weights", str(ckpt), "--calib-images", "64", "--eval-images", "64",
+                 "--json", str(tmp_path / "ptq.json")]) == 0
+    out = capsys.readouterr().out
+    assert "per-tensor" in out and "per-channel" in out and "FP32" in out
+    out_dir = tmp_path / "prof"
+    assert main(["profile", *TINY, "--weights", str(ckpt), "--calib-images", "64", "--out", str(out_dir),
+                 "--isolated", "--isolated-images", "32", "--rank-by", "iso_qkl", "--top", "3"]) == 0
+    out = capsys.readouterr().out
+    assert "top 3 layers by iso_qkl" in out
+    for name in ("layers.csv", "blocks.csv", "summary.json", "drift_per_block.png", "ranges_per_layer.png"):
+        assert (out_dir / name).stat().st_size > 0
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["ptq", "--model", "mobilenet_v9"], "unknown model 'mobilenet_v9'"),
+        (["ptq", *TINY, "--weights", "/no/such.pt"], "weights file not found"),
+        (["ptq", *TINY, "--data", "/no/such/dir"], "data directory not found"),
+        (["profile", *TINY, "--num-classes", "4"], "has 10 classes but model tests.helpers:tiny_net outputs 4"),
+        (["profile", *TINY, "--target", "gpu"], "unknown target 'gpu'"),
+        (["profile", *TINY, "--rank-by", "iso_qkl"], "need isolated"),
+        (["ptq", *TINY, "--calib-images", "0"], "must be positive"),
+        (["search"], "not implemented yet"),
+    ],
+)
+def test_bad_input_is_one_line_and_exit_2(argv, message, capsys):
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len([line for line in err if line.startswith("autoselect: error:")]) == 1
+    assert message in err[-1]
+    assert "Traceback" not in "\n".join(err)
+
+
+def test_bad_weights_shape_is_reported(tmp_path, capsys):
+    bad = tmp_path / "bad.pt"
+    torch.save({"head.weight": torch.zeros(3, 3)}, bad)
+    assert main(["ptq", *TINY, "--weights", str(bad), "--num-classes", "10"]) == 2
+    assert "do not fit model" in capsys.readouterr().err
+
+
+def test_usage_errors_exit_2(capsys):
+    assert main(["profile", "--batch-size", "x"]) == 2
+
+
+def test_atomic_path_leaves_nothing_on_failure(tmp_path):
+    target = tmp_path / "out.csv"
+    with pytest.raises(RuntimeError):
+        with atomic_path(target) as tmp:
+            tmp.write_text("half")
+            raise RuntimeError("crash mid-write")
+    assert not target.exists() and list(tmp_path.iterdir()) == []
+    with atomic_path(target) as tmp:
+        tmp.write_text("whole")
+    assert target.read_text() == "whole" and (target.stat().st_mode & 0o777) != 0o600

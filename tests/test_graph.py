@@ -1,0 +1,70 @@
+from __future__ import annotations
+
+import pytest
+import torch.nn as nn
+
+from autoselect.models import build_layer_graph, create_model
+
+
+def test_tiny_roles_blocks_and_bn(tiny):
+    g = build_layer_graph(tiny)
+    roles = {layer.path: layer.role for layer in g}
+    assert roles["stem.0"] == "stem"
+    assert roles["blocks.0.conv.0"] == "expand"
+    assert roles["blocks.0.conv.3"] == "depthwise"
+    assert roles["blocks.0.conv.6"] == "project"
+    assert roles["head"] == "classifier"
+    # a plain Sequential is a container, so the stem conv is its own block; TinyBlock modules are blocks
+    assert g.blocks == ["stem.0", "blocks.0", "blocks.1", "blocks.2", "head"]
+    assert g["blocks.1.conv.3"].block == "blocks.1"
+    assert g.bn_pairs()["blocks.2.conv.6"] == "blocks.2.conv.7"
+    assert g["head"].bn is None
+    # MACs from the traced shapes: the stride-2 stem makes 16x16 outputs of 8 channels, 3*3*3 MACs each
+    assert g["stem.0"].macs == 16 * 16 * 8 * 27
+    assert g["blocks.1.conv.3"].macs == 8 * 8 * 16 * 9  # depthwise: one 3x3 per output element
+
+
+def test_params_of_quantizable_layers_add_up(tiny):
+    g = build_layer_graph(tiny)
+    expected = sum(p.numel() for m in tiny.modules() if isinstance(m, (nn.Conv2d, nn.Linear)) for p in m.parameters())
+    assert sum(layer.params for layer in g) == expected
+    assert g.total_params == sum(p.numel() for p in tiny.parameters())
+
+
+def test_mobilenet_v2_structure():
+    g = build_layer_graph(create_model("mobilenet_v2", num_classes=10))
+    counts = g.to_frame().role.value_counts().to_dict()
+    assert counts == {"depthwise": 17, "project": 17, "expand": 16, "stem": 1, "conv": 1, "classifier": 1}
+    assert len(g.blocks) == 20  # features.0 .. features.18 and the classifier
+    assert g["features.0.0"].role == "stem" and g["classifier.1"].role == "classifier"
+    assert g["features.18.0"].role == "conv"
+    assert all(layer.bn for layer in g if layer.kind == "conv")
+    # seed 001, Table 1: depthwise 3.4%, depthwise + 1x1 (projection) 46.5%, classifier 0.6% of the parameters
+    def share(*roles):
+        return sum(x.params for x in g if x.role in roles) / g.total_params
+
+    assert 0.025 < share("depthwise") < 0.035
+    assert 0.44 < share("depthwise", "project") < 0.48
+    assert 0.005 < share("classifier") < 0.007
+
+
+@pytest.mark.parametrize(
+    "name, expected",
+    [
+        ("resnet18", {"stem": 1, "conv": 19, "classifier": 1}),
+        ("efficientnet_b0", {"se": 32, "depthwise": 16, "project": 16, "expand": 15, "stem": 1, "conv": 1,
+                             "classifier": 1}),
+    ],
+)
+def test_other_families_get_roles_without_tables(name, expected):
+    g = build_layer_graph(create_model(name, num_classes=10))
+    assert g.to_frame().role.value_counts().to_dict() == expected
+    assert all(layer.macs > 0 and layer.params > 0 for layer in g)
+
+
+def test_resnet_blocks_are_basic_blocks():
+    g = build_layer_graph(create_model("resnet18", num_classes=10))
+    assert g["layer2.0.downsample.0"].block == "layer2.0"
+    assert g["layer2.0.conv1"].block == "layer2.0"
+    assert g.bn_pairs()["layer2.0.downsample.0"] == "layer2.0.downsample.1"
+    assert g.blocks[0] == "conv1" and g.blocks[-1] == "fc"

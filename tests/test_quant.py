@@ -1,0 +1,153 @@
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+import torch.nn as nn
+
+from autoselect.errors import AutoselectError
+from autoselect.quant import (
+    ActivationObserver,
+    QuantSpec,
+    TensorQuant,
+    calibrate,
+    fake_quant,
+    fold_batchnorm,
+    get_target,
+    qparams_from_range,
+    quant_layers,
+    quantize_model,
+    resolve_specs,
+    set_mode,
+    w8a8,
+    weight_qparams,
+)
+from autoselect.models import build_layer_graph
+
+
+def test_integer_ranges():
+    assert (TensorQuant(bits=8).qmin, TensorQuant(bits=8).qmax) == (-128, 127)
+    assert (TensorQuant(bits=8, symmetric=False).qmin, TensorQuant(bits=8, symmetric=False).qmax) == (0, 255)
+    assert TensorQuant(bits=4).qmax == 7
+    with pytest.raises(AutoselectError):
+        TensorQuant(bits=1)
+    with pytest.raises(AutoselectError):
+        TensorQuant(observer="kld")
+    with pytest.raises(AutoselectError):
+        QuantSpec(act=TensorQuant(per_channel=True))
+
+
+@pytest.mark.parametrize("symmetric", [True, False])
+def test_fake_quant_matches_torch_reference(symmetric):
+    torch.manual_seed(0)
+    tq = TensorQuant(bits=6, symmetric=symmetric)
+    x = torch.randn(4, 5, 6, 6) * 3
+    scale, zp = qparams_from_range(x.min().reshape(1), x.max().reshape(1), tq)
+    ours = fake_quant(x, scale[0], zp[0], tq)
+    ref = torch.fake_quantize_per_tensor_affine(x, scale[0], zp[0], tq.qmin, tq.qmax)
+    torch.testing.assert_close(ours, ref, rtol=0, atol=1e-6)
+    w = torch.randn(5, 3, 3, 3)
+    ws, wz = weight_qparams(w, TensorQuant(bits=4, symmetric=symmetric, per_channel=True))
+    ref = torch.fake_quantize_per_channel_affine(w, ws, wz, 0, *(((-8, 7)) if symmetric else (0, 15)))
+    torch.testing.assert_close(fake_quant(w, ws, wz, TensorQuant(bits=4, symmetric=symmetric, per_channel=True)),
+                               ref, rtol=0, atol=1e-6)
+
+
+def test_fake_quant_gradient_is_straight_through_inside_the_range():
+    tq = TensorQuant(bits=8, symmetric=False)
+    x = torch.tensor([-1.0, 0.2, 0.5, 3.0], requires_grad=True)
+    scale, zp = qparams_from_range(torch.tensor([0.0]), torch.tensor([1.0]), tq)
+    fake_quant(x, scale[0], zp[0], tq).sum().backward()
+    assert x.grad.tolist() == [0.0, 1.0, 1.0, 0.0]
+
+
+def test_asymmetric_grid_uses_the_whole_unsigned_range_for_relu_outputs():
+    x = torch.rand(1000) * 6
+    sym = TensorQuant(bits=8, symmetric=True)
+    asym = TensorQuant(bits=8, symmetric=False)
+    s_sym, _ = qparams_from_range(x.min().reshape(1), x.max().reshape(1), sym)
+    s_asym, _ = qparams_from_range(x.min().reshape(1), x.max().reshape(1), asym)
+    assert s_sym.item() == pytest.approx(2 * s_asym.item(), rel=0.01)  # half the levels wasted when symmetric
+
+
+def test_power_of_two_scales():
+    tq = TensorQuant(bits=8, pot=True)
+    s, _ = weight_qparams(torch.randn(8, 4) * 0.37, TensorQuant(bits=8, pot=True, per_channel=True))
+    assert torch.allclose(torch.exp2(torch.log2(s).round()), s)
+    assert tq.describe().endswith("pot")
+
+
+def test_mse_and_percentile_clip_outliers():
+    torch.manual_seed(0)
+    x = torch.randn(20000)
+    x[0] = 60.0  # one outlier
+    errs = {}
+    for name in ("minmax", "mse", "percentile"):
+        tq = TensorQuant(bits=4, symmetric=True, observer=name, percentile=99.9)
+        obs = ActivationObserver(tq)
+        for part in x.split(5000):
+            obs.update(part)
+        s, z = obs.qparams()
+        errs[name] = (fake_quant(x, s, z, tq) - x).pow(2).mean().item()
+    assert errs["mse"] < errs["minmax"] / 5
+    assert errs["percentile"] < errs["minmax"] / 5
+
+
+def test_bn_folding_keeps_outputs(tiny):
+    x = torch.randn(4, 3, 32, 32)
+    folded = copy.deepcopy(tiny)
+    n = fold_batchnorm(folded, build_layer_graph(tiny).bn_pairs())
+    assert n == 10
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in folded.modules())
+    torch.testing.assert_close(folded(x), tiny(x), rtol=1e-4, atol=1e-5)
+
+
+def test_quantize_model_modes_and_fp32_reference(tiny, batches):
+    q = quantize_model(tiny, w8a8())
+    assert len(quant_layers(q)) == 11
+    calibrate(q, batches)
+    x = batches[0][0]
+    set_mode(q, "fp32")
+    torch.testing.assert_close(q(x), tiny(x), rtol=1e-4, atol=1e-5)
+    set_mode(q, "quant")
+    err8 = (q(x) - tiny(x)).abs().mean()
+    q4 = quantize_model(tiny, w8a8(weight_bits=4, act_bits=4))
+    calibrate(q4, batches)
+    err4 = (q4(x) - tiny(x)).abs().mean()
+    assert 0 < err8 < err4
+    # the original model is untouched
+    assert any(isinstance(m, nn.BatchNorm2d) for m in tiny.modules())
+
+
+def test_weight_scales_follow_in_place_updates(tiny, batches):
+    q = quantize_model(tiny, w8a8())
+    calibrate(q, batches)
+    layer = quant_layers(q)["stem.0"]
+    s1, _ = layer.weight_qparams()
+    with torch.no_grad():
+        layer.layer.weight.mul_(2.0)
+    s2, _ = layer.weight_qparams()
+    torch.testing.assert_close(s2, 2 * s1)
+
+
+def test_resolve_specs_precedence():
+    a, b, c = w8a8(weight_bits=8), w8a8(weight_bits=6), w8a8(weight_bits=4)
+    paths = ["f.0", "f.1.dw", "f.2.dw", "head"]
+    got = resolve_specs(paths, {"f.2.dw": a, "re:f\\.\\d\\.dw": b, "_default": c, "head": None})
+    assert got == {"f.0": c, "f.1.dw": b, "f.2.dw": a, "head": None}
+    assert resolve_specs(paths, {"re:f.*": a})["head"] is None
+    with pytest.raises(AutoselectError, match="no quantizable layer named 'nope'"):
+        resolve_specs(paths, {"nope": a})
+    with pytest.raises(AutoselectError, match="bad layer pattern"):
+        resolve_specs(paths, {"re:(": a})
+
+
+def test_targets_follow_mqbench_table():
+    assert get_target("tensorrt").spec().act.symmetric is True
+    assert get_target("snpe").spec().weight.per_channel is False
+    assert get_target("snpe").spec().weight.symmetric is False
+    assert get_target("tvm").spec().weight.pot is True
+    assert get_target("x86").spec().act.bits == 7  # reduce_range against 16-bit saturation
+    with pytest.raises(AutoselectError, match="unknown target 'tensorrtt'.*did you mean tensorrt"):
+        get_target("tensorrtt")
