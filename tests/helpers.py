@@ -41,6 +41,7 @@ def tiny_net(num_classes: int = 10) -> TinyNet:
     model = TinyNet(num_classes)
     for m in model.modules():
         if isinstance(m, nn.BatchNorm2d):
+            assert m.running_mean is not None and m.running_var is not None
             m.running_mean.uniform_(-0.5, 0.5)
             m.running_var.uniform_(0.5, 2.0)
             m.weight.data.uniform_(0.5, 1.5)

@@ -22,7 +22,9 @@ from autoselect.errors import AutoselectError
 
 __all__ = ["load_images", "CIFAR10_NORMALIZE"]
 
-CIFAR10_NORMALIZE = {"mean": [0.4913, 0.4821, 0.4465], "std": [0.2452, 0.2428, 0.2606]}
+CIFAR10_NORMALIZE = {"mean": [0.4913, 0.4821, 0.4465], "std": [0.2452, 0.2428, 0.2606]}  # train split, 0-1 scale
+_CIFAR_MEAN = (0.4913, 0.4821, 0.4465)
+_CIFAR_STD = (0.2452, 0.2428, 0.2606)
 _SPLITS = ("train", "test")
 
 
@@ -33,11 +35,14 @@ def _resize(images: torch.Tensor, size: int) -> torch.Tensor:
     return out.round().clamp(0, 255).to(torch.uint8)
 
 
-def _stats(images: torch.Tensor) -> tuple[tuple[float, ...], tuple[float, ...]]:
+Triple = tuple[float, float, float]
+
+
+def _stats(images: torch.Tensor) -> tuple[Triple, Triple]:
     x = images[:4096].float().div(255.0)
-    mean = x.mean(dim=(0, 2, 3))
-    std = x.std(dim=(0, 2, 3)).clamp(min=1e-3)
-    return tuple(round(v, 4) for v in mean.tolist()), tuple(round(v, 4) for v in std.tolist())
+    m = [round(v, 4) for v in x.mean(dim=(0, 2, 3)).tolist()]
+    s = [round(v, 4) for v in x.std(dim=(0, 2, 3)).clamp(min=1e-3).tolist()]
+    return (m[0], m[1], m[2]), (s[0], s[1], s[2])
 
 
 def _digits(split: str, size: int) -> ImageSet:
@@ -52,8 +57,7 @@ def _digits(split: str, size: int) -> ImageSet:
     imgs = _resize(x[idx].unsqueeze(1).expand(-1, 3, -1, -1), size)
     full = _resize(x.unsqueeze(1).expand(-1, 3, -1, -1)[torch.from_numpy(idx_train)], size)
     mean, std = _stats(full)  # always the train split's statistics
-    return ImageSet(imgs.contiguous(), y[idx], tuple(str(i) for i in range(10)), mean, std, "digits",
-                    hflip=False)  # type: ignore[arg-type]
+    return ImageSet(imgs.contiguous(), y[idx], tuple(str(i) for i in range(10)), mean, std, "digits", hflip=False)
 
 
 def _cifar10(split: str, size: int) -> ImageSet:
@@ -67,18 +71,17 @@ def _cifar10(split: str, size: int) -> ImageSet:
             f"cannot download CIFAR-10 ({str(exc).splitlines()[0]}); pass --data DIR with an ImageFolder copy"
         ) from None
     imgs = _resize(torch.from_numpy(ds.data).permute(0, 3, 1, 2).contiguous(), size)
-    m, s = CIFAR10_NORMALIZE["mean"], CIFAR10_NORMALIZE["std"]
-    return ImageSet(imgs, torch.tensor(ds.targets), tuple(ds.classes), tuple(m), tuple(s), "cifar10")  # type: ignore[arg-type]
+    return ImageSet(imgs, torch.tensor(ds.targets), tuple(ds.classes), _CIFAR_MEAN, _CIFAR_STD, "cifar10")
 
 
 def _decode(path: str, size: int) -> torch.Tensor:
     from PIL import Image
 
-    with Image.open(path) as im:
-        im = im.convert("RGB")
-        if im.size != (size, size):
-            im = im.resize((size, size), Image.BILINEAR)
-        return torch.from_numpy(np.asarray(im, dtype=np.uint8).copy()).permute(2, 0, 1)
+    with Image.open(path) as f:
+        rgb = f.convert("RGB")
+    if rgb.size != (size, size):
+        rgb = rgb.resize((size, size), Image.Resampling.BILINEAR)
+    return torch.from_numpy(np.asarray(rgb, dtype=np.uint8).copy()).permute(2, 0, 1)
 
 
 def _image_folder(root: Path, split: str, size: int, limit: int | None, seed: int) -> ImageSet:
@@ -107,10 +110,10 @@ def _image_folder(root: Path, split: str, size: int, limit: int | None, seed: in
     labels = torch.tensor([s[1] for s in samples], dtype=torch.int64)
     if [c.lower() for c in classes] == ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse",
                                         "ship", "truck"]:
-        mean, std = tuple(CIFAR10_NORMALIZE["mean"]), tuple(CIFAR10_NORMALIZE["std"])
+        mean, std = _CIFAR_MEAN, _CIFAR_STD
     else:
         mean, std = _stats(images)
-    return ImageSet(images, labels, tuple(classes), mean, std, str(base))  # type: ignore[arg-type]
+    return ImageSet(images, labels, tuple(classes), mean, std, str(base))
 
 
 def load_images(source: str, *, split: str = "test", input_size: int = 32, limit: int | None = None,

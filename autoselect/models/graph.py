@@ -107,11 +107,10 @@ class LayerGraph:
 
 def _block_of(model: nn.Module, path: str) -> str:
     parts = path.split(".")
-    module = model
-    for i, part in enumerate(parts):
-        module = getattr(module, part) if not part.isdigit() else module[int(part)]  # type: ignore[index]
-        if type(module) not in _CONTAINERS:
-            return ".".join(parts[: i + 1])
+    for i in range(1, len(parts) + 1):
+        prefix = ".".join(parts[:i])
+        if type(model.get_submodule(prefix)) not in _CONTAINERS:
+            return prefix
     return path
 
 
@@ -176,6 +175,10 @@ def _macs(mod: nn.Module, out_shape: tuple[int, ...]) -> int:
     return per_sample_out * mod.in_features
 
 
+def _is_pointwise(m: nn.Module) -> bool:
+    return isinstance(m, nn.Conv2d) and tuple(m.kernel_size) == (1, 1) and m.groups == 1
+
+
 def _roles(calls: list[_Call], blocks: list[str]) -> list[str]:
     roles = ["" for _ in calls]
     is_conv = [isinstance(c.module, nn.Conv2d) for c in calls]
@@ -184,17 +187,14 @@ def _roles(calls: list[_Call], blocks: list[str]) -> list[str]:
         m = c.module
         if isinstance(m, nn.Linear):
             roles[i] = "classifier" if i > last_conv else "linear"
-        elif m.groups > 1 and m.groups == m.in_channels:
+        elif isinstance(m, nn.Conv2d) and m.groups > 1 and m.groups == m.in_channels:
             roles[i] = "depthwise"
     for block in dict.fromkeys(blocks):
         idx = [i for i, b in enumerate(blocks) if b == block]
         dw = [i for i in idx if roles[i] == "depthwise"]
         if not dw:
             continue
-        pointwise = [
-            i for i in idx
-            if not roles[i] and is_conv[i] and calls[i].module.kernel_size == (1, 1) and calls[i].module.groups == 1
-        ]
+        pointwise = [i for i in idx if not roles[i] and _is_pointwise(calls[i].module)]
         after = []
         for i in pointwise:
             if i < dw[0]:
@@ -221,20 +221,25 @@ def build_layer_graph(model: nn.Module, input_shape: tuple[int, ...] = (1, 3, 32
     layers = []
     for i, (c, block, role) in enumerate(zip(calls, blocks, roles)):
         m = c.module
-        conv = isinstance(m, nn.Conv2d)
+        if isinstance(m, nn.Conv2d):
+            kind, cin, cout, groups = "conv", m.in_channels, m.out_channels, m.groups
+            kernel = (int(m.kernel_size[0]), int(m.kernel_size[1]))
+        else:
+            assert isinstance(m, nn.Linear)
+            kind, cin, cout, groups, kernel = "linear", m.in_features, m.out_features, 1, (1, 1)
         layers.append(
             LayerInfo(
                 path=c.path,
-                kind="conv" if conv else "linear",
+                kind=kind,
                 role=role,
                 block=block,
                 order=i,
                 params=sum(p.numel() for p in m.parameters(recurse=False)),
                 macs=_macs(m, c.out_shape),
-                in_channels=m.in_channels if conv else m.in_features,
-                out_channels=m.out_channels if conv else m.out_features,
-                kernel=tuple(m.kernel_size) if conv else (1, 1),  # type: ignore[arg-type]
-                groups=m.groups if conv else 1,
+                in_channels=cin,
+                out_channels=cout,
+                kernel=kernel,
+                groups=groups,
                 input_shape=c.in_shape,
                 output_shape=c.out_shape,
                 bn=bn_of.get(c.path),

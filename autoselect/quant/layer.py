@@ -26,6 +26,9 @@ MODES = ("fp32", "observe", "quant")
 
 
 class QuantLayer(nn.Module):
+    act_scale: torch.Tensor
+    act_zero_point: torch.Tensor
+
     def __init__(self, layer: nn.Conv2d | nn.Linear, spec: QuantSpec | None, *, per_channel_stats: bool = False,
                  seed: int = 0) -> None:
         super().__init__()
