@@ -69,6 +69,22 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--cache-mb", type=int, default=2048, help="memory for FP32 reference outputs (else 3 passes)")
     p.add_argument("--out", help="output directory (default: runs/profile-MODEL)")
 
+    p = sub.add_parser("train", help="selective QAT: train the plan's qat layers, report INT8 top-1")
+    _common(p)
+    p.add_argument("--plan", required=True, help="plan file (.json/.yaml) or a built-in plan name (`autoselect plans`)")
+    p.add_argument("--steps", type=int, default=300, help="optimizer steps")
+    p.add_argument("--lr", type=float, default=0.01, help="peak learning rate (after warm-up)")
+    p.add_argument("--warmup-steps", type=int, default=20)
+    p.add_argument("--schedule", default="cosine", choices=["cosine", "step"])
+    p.add_argument("--calib-images", type=int, default=1024, help="calibration images from the train split")
+    p.add_argument("--train-images", type=int, help="train on a random subset of the train split")
+    p.add_argument("--eval-images", type=int, help="evaluate on a random subset of the test split")
+    p.add_argument("--checkpoint-every", type=int, default=100)
+    p.add_argument("--out", help="output directory (default: runs/train-PLAN)")
+    p.add_argument("--resume", action="store_true", help="continue from OUT/qat.pt")
+
+    sub.add_parser("plans", help="list built-in plans")
+
     p = sub.add_parser("search", help="search per-layer actions (not implemented yet)")
     _common(p)
     return parser
@@ -181,13 +197,74 @@ def _cmd_profile(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_plans(args: argparse.Namespace) -> int:
+    from autoselect.plans import builtin_plan, builtin_plans
+
+    for name in builtin_plans():
+        print(f"{name:30s} {builtin_plan(name).provenance.get('description', '')}")
+    return 0
+
+
+def _read_plan(spec: str):
+    from autoselect.plan import load_plan
+    from autoselect.plans import builtin_plan_path, builtin_plans
+
+    if spec in builtin_plans():
+        return load_plan(builtin_plan_path(spec)), spec
+    return load_plan(spec), Path(spec).stem
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from autoselect.evaluate import accuracy
+    from autoselect.quant.apply import apply_plan, retrained_fraction
+    from autoselect.train import QATConfig, train_qat
+
+    plan, plan_name = _read_plan(args.plan)
+    if plan.model is not None:
+        if args.model == "mobilenet_v2" and plan.model.name != args.model:  # --model left at its default
+            args.model = plan.model.name
+        if plan.model.name != args.model:
+            raise AutoselectError(f"plan {args.plan} is for model {plan.model.name!r}, not {args.model!r}")
+    device = _device(args)
+    out = Path(args.out or f"runs/train-{plan_name}")
+    cfg = QATConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr, warmup_steps=args.warmup_steps,
+                    schedule=args.schedule, checkpoint=str(out / "qat.pt"), checkpoint_every=args.checkpoint_every,
+                    seed=args.seed)
+    if args.resume and not (out / "qat.pt").is_file():
+        raise AutoselectError(f"nothing to resume: {out / 'qat.pt'} does not exist")
+    prep = _prepare(args, train_images=args.train_images, test_images=args.eval_images)
+    assert prep.train is not None and prep.test is not None
+    lm = prep.loaded
+    if plan.model is not None and plan.model.weights_sha256 and lm.weights_sha256 != plan.model.weights_sha256:
+        print(f"note: plan {args.plan} was made for other weights (sha256 {plan.model.weights_sha256[:12]}...)",
+              file=sys.stderr)
+    calib = prep.train.subset(args.calib_images, seed=args.seed)
+    size = lm.input_size
+    qmodel = apply_plan(lm.model, plan, calib.batches(args.batch_size, device=device),
+                        input_shape=(1, 3, size, size), device=device)
+    frac = retrained_fraction(qmodel)
+    ptq = None if args.resume else accuracy(qmodel, prep.test.batches(512, device=device), device=device)
+    res = train_qat(qmodel, prep.train, prep.test, cfg, resume=args.resume, device=device, progress=not args.quiet)
+    summary = {"plan": args.plan, "model": args.model, "target": plan.target, "retrained_fraction": frac,
+               "steps": res.steps, "resumed_from": res.resumed_from, "ptq_top1": ptq, "int8_top1_simulated": res.top1,
+               "test_images": len(prep.test)}
+    from autoselect._io import atomic_path
+
+    with atomic_path(out / "result.json") as tmp:
+        tmp.write_text(json.dumps(summary, indent=2) + "\n")
+    before = f"PTQ {ptq:.2f}% -> " if ptq is not None else ""
+    print(f"{plan_name}: {100 * frac:.1f}% of parameters retrained, {res.steps} steps; simulated INT8 top-1 "
+          f"{before}{res.top1:.2f}% on {len(prep.test)} test images -> {out}")
+    return 0
+
+
 def _cmd_search(args: argparse.Namespace) -> int:
     raise AutoselectError("`autoselect search` is not implemented yet (issue 4); use `autoselect profile` for now")
 
 
 _COMMANDS = {
     "models": _cmd_models, "graph": _cmd_graph, "baseline": _cmd_baseline, "ptq": _cmd_ptq,
-    "profile": _cmd_profile, "search": _cmd_search,
+    "profile": _cmd_profile, "train": _cmd_train, "plans": _cmd_plans, "search": _cmd_search,
 }
 
 

@@ -82,3 +82,38 @@ def test_atomic_path_leaves_nothing_on_failure(tmp_path):
     with atomic_path(target) as tmp:
         tmp.write_text("whole")
     assert target.read_text() == "whole" and (target.stat().st_mode & 0o777) != 0o600
+
+
+def test_plans_lists_the_seed_plans(capsys):
+    assert main(["plans"]) == 0
+    assert "seed001_depthwise_1x1_asym" in capsys.readouterr().out
+
+
+def test_train_runs_a_plan_and_resumes(tmp_path, capsys):
+    plan = tmp_path / "plan.json"
+    plan.write_text('{"version": 1, "model": {"name": "tests.helpers:tiny_net"}, '
+                    '"layers": {"role:depthwise": "qat_asym", "_default": "freeze"}}')
+    out = tmp_path / "run"
+    base = ["train", "--plan", str(plan), "--quiet", "--train-images", "64", "--eval-images", "32",
+            "--calib-images", "32", "--batch-size", "16", "--out", str(out)]
+    assert main([*base, "--model", "tests.helpers:tiny_net", "--steps", "6", "--checkpoint-every", "3"]) == 0
+    text = capsys.readouterr().out
+    assert "% of parameters retrained, 6 steps" in text and (out / "qat.pt").is_file()
+    result = (out / "result.json").read_text()
+    assert '"int8_top1_simulated"' in result and '"resumed_from": 0' in result
+    # the model name comes from the plan when --model is left out
+    assert main([*base, "--steps", "6", "--resume"]) == 0
+    assert '"resumed_from": 6' in (out / "result.json").read_text()
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["train", "--plan", "/no/plan.json"], "plan file not found"),
+        (["train", "--plan", "seed001_full_qat", "--model", "resnet18"], "is for model 'mobilenet_v2', not 'resnet18'"),
+        (["train", "--plan", "seed001_full_qat", "--resume", "--out", "/nonexistent/x"], "nothing to resume"),
+    ],
+)
+def test_train_bad_input(argv, message, capsys):
+    assert main([*argv, "--quiet"]) == 2
+    assert message in capsys.readouterr().err

@@ -47,6 +47,7 @@ class LayerInfo:
     input_shape: tuple[int, ...]
     output_shape: tuple[int, ...]
     bn: str | None = None  # path of the BatchNorm2d folded into this layer
+    reads_block_input: bool = False  # its input is its block's input tensor (shared with a shortcut, if any)
 
 
 @dataclass
@@ -121,14 +122,16 @@ class _Call:
     in_shape: tuple[int, ...]
     out_shape: tuple[int, ...]
     pooled_input: bool
+    input_id: int
 
 
-def _trace(model: nn.Module, example: torch.Tensor) -> tuple[list[_Call], dict[str, str]]:
+def _trace(model: nn.Module, example: torch.Tensor) -> tuple[list[_Call], dict[str, str], dict[str, int]]:
     calls: list[_Call] = []
     seen: set[str] = set()
     conv_out: dict[int, str] = {}
     pooled: set[int] = set()
     bn_of: dict[str, str] = {}
+    module_input: dict[str, int] = {}
     keep: list[torch.Tensor] = []  # keeps traced tensors alive so that their ids are not reused
 
     def hook(path: str):
@@ -137,12 +140,13 @@ def _trace(model: nn.Module, example: torch.Tensor) -> tuple[list[_Call], dict[s
             if not isinstance(output, torch.Tensor) or x is None:
                 return
             keep.extend((x, output))
+            module_input.setdefault(path, id(x))
             if isinstance(mod, _POOLS) or id(x) in pooled:
                 if not list(mod.children()):
                     pooled.add(id(output))
             if isinstance(mod, QUANTIZABLE) and path not in seen:
                 seen.add(path)
-                calls.append(_Call(path, mod, tuple(x.shape), tuple(output.shape), id(x) in pooled))
+                calls.append(_Call(path, mod, tuple(x.shape), tuple(output.shape), id(x) in pooled, id(x)))
                 if isinstance(mod, nn.Conv2d):
                     conv_out[id(output)] = path
             elif isinstance(mod, nn.BatchNorm2d) and id(x) in conv_out:
@@ -161,7 +165,7 @@ def _trace(model: nn.Module, example: torch.Tensor) -> tuple[list[_Call], dict[s
         for h in handles:
             h.remove()
         model.train(was_training)
-    return calls, bn_of
+    return calls, bn_of, module_input
 
 
 def _macs(mod: nn.Module, out_shape: tuple[int, ...]) -> int:
@@ -215,7 +219,7 @@ def build_layer_graph(model: nn.Module, input_shape: tuple[int, ...] = (1, 3, 32
     """Trace ``model`` once on zeros of ``input_shape`` and describe its quantizable layers."""
     param = next(model.parameters(), None)
     device = param.device if param is not None else torch.device("cpu")
-    calls, bn_of = _trace(model, torch.zeros(input_shape, device=device))
+    calls, bn_of, module_input = _trace(model, torch.zeros(input_shape, device=device))
     blocks = [_block_of(model, c.path) for c in calls]
     roles = _roles(calls, blocks)
     layers = []
@@ -243,6 +247,7 @@ def build_layer_graph(model: nn.Module, input_shape: tuple[int, ...] = (1, 3, 32
                 input_shape=c.in_shape,
                 output_shape=c.out_shape,
                 bn=bn_of.get(c.path),
+                reads_block_input=block != c.path and module_input.get(block) == c.input_id,
             )
         )
     total = sum(p.numel() for p in model.parameters())

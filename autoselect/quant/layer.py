@@ -9,6 +9,10 @@ prefixes keep their meaning. Each layer has a ``mode``:
 
 Weight scales follow the weight: they are recomputed whenever the weight tensor changes in place (an optimizer
 step), so the same module serves PTQ and QAT. Gradients flow straight through the rounding (STE).
+
+With ``spec.smooth`` (seed 003), each input channel c gets ``s_c = max|w[..., c, ...]|`` (fixed when the layer is
+wrapped): the weight is quantized as ``w / s`` and the activation as ``x * s``, so that one per-tensor weight scale
+fits every channel. For a depthwise conv input and output channels coincide and the product is exact.
 """
 
 from __future__ import annotations
@@ -28,6 +32,10 @@ MODES = ("fp32", "observe", "quant")
 class QuantLayer(nn.Module):
     act_scale: torch.Tensor
     act_zero_point: torch.Tensor
+    out_scale: torch.Tensor
+    out_zero_point: torch.Tensor
+    calibrated: torch.Tensor
+    smooth_scale: torch.Tensor | None
 
     def __init__(self, layer: nn.Conv2d | nn.Linear, spec: QuantSpec | None, *, per_channel_stats: bool = False,
                  seed: int = 0) -> None:
@@ -39,11 +47,17 @@ class QuantLayer(nn.Module):
         self.mode = "fp32"
         self.register_buffer("act_scale", torch.ones(()))
         self.register_buffer("act_zero_point", torch.zeros((), dtype=torch.int32))
-        self.act_calibrated = False
+        self.register_buffer("out_scale", torch.ones(()))
+        self.register_buffer("out_zero_point", torch.zeros((), dtype=torch.int32))
+        self.register_buffer("calibrated", torch.zeros((), dtype=torch.bool))
+        self.register_buffer("smooth_scale", _smooth_scale(layer) if spec is not None and spec.smooth else None)
         self.observer = (
             ActivationObserver(spec.act, per_channel_stats=per_channel_stats, seed=seed)
             if spec is not None and spec.act is not None
             else None
+        )
+        self.out_observer = (
+            ActivationObserver(spec.output, seed=seed + 7919) if spec is not None and spec.output is not None else None
         )
         self._wq: tuple[torch.Tensor, torch.Tensor] | None = None
         self._wq_key: tuple[int, int, str] | None = None
@@ -55,21 +69,48 @@ class QuantLayer(nn.Module):
 
     # -- calibration -------------------------------------------------------------------------------------------
     def finish_calibration(self) -> None:
-        """Turn the observer's statistics into the activation scale/zero-point."""
-        if self.observer is None:
-            return
-        scale, zp = self.observer.qparams()
-        self.act_scale.copy_(scale)
-        self.act_zero_point.copy_(zp)
-        self.act_calibrated = True
+        """Turn the observers' statistics into the activation (and output) scale/zero-point."""
+        if self.out_observer is not None:
+            scale, zp = self.out_observer.qparams()
+            self.out_scale.copy_(scale)
+            self.out_zero_point.copy_(zp)
+        if self.observer is not None:
+            scale, zp = self.observer.qparams()
+            self.act_scale.copy_(scale)
+            self.act_zero_point.copy_(zp)
+        self.calibrated.fill_(True)
+
+    @property
+    def act_calibrated(self) -> bool:
+        return bool(self.calibrated)
 
     # -- quantized tensors -------------------------------------------------------------------------------------
+    def _shape(self, s: torch.Tensor, *, weight: bool) -> torch.Tensor:
+        """View the per-input-channel smoothing scale against the weight or the activation."""
+        layer = self.layer
+        if weight:
+            dim = 0 if isinstance(layer, nn.Conv2d) and layer.groups > 1 else 1
+            shape = [1] * layer.weight.dim()
+        else:
+            dim, shape = 1, [1, -1, 1, 1] if isinstance(layer, nn.Conv2d) else [1, -1]
+        if weight:
+            shape[dim] = -1
+        return s.view(shape)
+
+    def effective_weight(self) -> torch.Tensor:
+        """The weight as quantized: ``w / s`` when smoothed, else ``w``."""
+        w = self.layer.weight
+        return w if self.smooth_scale is None else w / self._shape(self.smooth_scale, weight=True)
+
+    def smooth_input(self, x: torch.Tensor) -> torch.Tensor:
+        return x if self.smooth_scale is None else x * self._shape(self.smooth_scale, weight=False)
+
     def weight_qparams(self) -> tuple[torch.Tensor, torch.Tensor]:
         assert self.spec is not None and self.spec.weight is not None
         w = self.layer.weight
         key = (w.data_ptr(), w._version, str(w.device))
         if self._wq is None or self._wq_key != key:
-            scale, zp = weight_qparams(w, self.spec.weight)
+            scale, zp = weight_qparams(self.effective_weight(), self.spec.weight)
             self._wq = (scale.to(w.device), zp.to(w.device))
             self._wq_key = key
         return self._wq
@@ -77,17 +118,18 @@ class QuantLayer(nn.Module):
     def quantized_weight(self) -> torch.Tensor:
         w = self.layer.weight
         if self.spec is None or self.spec.weight is None:
-            return w
+            return self.effective_weight()
         needs_grad = torch.is_grad_enabled() and w.requires_grad
         if not needs_grad and self._qw is not None and self._qw_key == (w.data_ptr(), w._version, str(w.device)):
             return self._qw
         scale, zp = self.weight_qparams()
-        qw = fake_quant(w, scale, zp, self.spec.weight, axis=0)
+        qw = fake_quant(self.effective_weight(), scale, zp, self.spec.weight, axis=0)
         if not needs_grad:
             self._qw, self._qw_key = qw.detach(), self._wq_key
         return qw
 
     def quantize_input(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.smooth_input(x)
         if self.spec is None or self.spec.act is None:
             return x
         if not self.act_calibrated:
@@ -100,9 +142,29 @@ class QuantLayer(nn.Module):
             return layer._conv_forward(x, w, layer.bias)
         return F.linear(x, w, layer.bias)
 
+    def quantize_output(self, y: torch.Tensor) -> torch.Tensor:
+        if self.spec is None or self.spec.output is None:
+            return y
+        return fake_quant(y, self.out_scale, self.out_zero_point, self.spec.output)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.mode == "quant" and self.spec is not None:
-            return self._run(self.quantize_input(x), self.quantized_weight())
+            return self.quantize_output(self._run(self.quantize_input(x), self.quantized_weight()))
         if self.mode == "observe" and self.observer is not None:
-            self.observer.update(x)
-        return self.layer(x)
+            self.observer.update(self.smooth_input(x))
+        y = self.layer(x)
+        if self.mode == "observe" and self.out_observer is not None:
+            self.out_observer.update(y)
+        return y
+
+
+def _smooth_scale(layer: nn.Conv2d | nn.Linear) -> torch.Tensor:
+    """``s_c = max |w|`` over everything but the input channel c (depthwise: c is the output channel)."""
+    w = layer.weight.detach().abs()
+    if isinstance(layer, nn.Conv2d) and layer.groups > 1:
+        if layer.groups != layer.in_channels or layer.out_channels != layer.in_channels:
+            raise ValueError("smoothing supports depthwise (groups == channels) and ungrouped layers only")
+        s = w.flatten(1).amax(dim=1)
+    else:
+        s = w.transpose(0, 1).flatten(1).amax(dim=1)
+    return s.clamp(min=1e-8)

@@ -24,7 +24,7 @@ from autoselect.quant.bn_fold import fold_batchnorm, set_submodule
 from autoselect.quant.layer import MODES, QuantLayer
 from autoselect.quant.spec import QuantSpec, resolve_specs
 
-__all__ = ["quantize_model", "quant_layers", "set_mode", "calibrate"]
+__all__ = ["quantize_model", "quant_layers", "set_mode", "calibrate", "remove_shared_input_hooks"]
 
 
 def quantize_model(
@@ -35,11 +35,16 @@ def quantize_model(
     input_shape: tuple[int, ...] = (1, 3, 32, 32),
     fold_bn: bool = True,
     per_channel_stats: bool = False,
+    integer_graph: bool = False,
 ) -> nn.Module:
     """A copy of ``model`` with BatchNorm folded and each quantizable layer wrapped in :class:`QuantLayer`.
 
     ``specs`` is one spec for all layers or a per-layer map (see :func:`autoselect.quant.spec.resolve_specs`);
     layers that resolve to ``None`` are wrapped too but stay FP32 in every mode.
+
+    ``integer_graph=True`` simulates what an integer runtime does with a tensor that several ops read: it exists
+    once, quantized. A block's input is fake-quantized at the block boundary with the quantizer of the layer that
+    reads it, so that a residual shortcut sees the same quantized values as the conv (exported models match).
     """
     graph = graph or build_layer_graph(model, input_shape)
     qmodel = copy.deepcopy(model).eval()
@@ -50,7 +55,25 @@ def quantize_model(
         layer = qmodel.get_submodule(path)
         assert isinstance(layer, (nn.Conv2d, nn.Linear))
         set_submodule(qmodel, path, QuantLayer(layer, resolved[path], per_channel_stats=per_channel_stats, seed=i))
+    if integer_graph:
+        for info in graph:
+            spec = resolved[info.path]
+            if info.reads_block_input and spec is not None and spec.act is not None and not spec.smooth:
+                qmodel.get_submodule(info.block).register_forward_pre_hook(
+                    _SharedInput(qmodel.get_submodule(info.path)))  # type: ignore[arg-type]
     return qmodel
+
+
+class _SharedInput:
+    """Forward pre-hook: quantize a block's input with its first layer's input quantizer (quant mode only)."""
+
+    def __init__(self, layer: QuantLayer) -> None:
+        self.layer = layer
+
+    def __call__(self, module: nn.Module, args: tuple):
+        if self.layer.mode != "quant" or not args or not isinstance(args[0], torch.Tensor):
+            return None
+        return (self.layer.quantize_input(args[0]), *args[1:])
 
 
 def quant_layers(model: nn.Module) -> dict[str, QuantLayer]:
@@ -83,3 +106,14 @@ def calibrate(model: nn.Module, data: Iterable, *, device: torch.device | str = 
         layer.finish_calibration()
     set_mode(model, "quant")
     return seen
+
+
+def remove_shared_input_hooks(model: nn.Module) -> int:
+    """Drop the block-input quantizers of ``integer_graph=True`` (for a float copy of the model)."""
+    removed = 0
+    for module in model.modules():
+        for key, hook in list(module._forward_pre_hooks.items()):
+            if isinstance(hook, _SharedInput):
+                del module._forward_pre_hooks[key]
+                removed += 1
+    return removed

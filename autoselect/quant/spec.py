@@ -1,20 +1,16 @@
 """What to quantize and how: one :class:`TensorQuant` per tensor, one :class:`QuantSpec` per layer.
 
-Per-layer maps (:func:`resolve_specs`) are keyed by module path, with this precedence:
-
-1. an exact module path (``"features.3.conv.1.0"``);
-2. the first ``"re:<pattern>"`` key, in the map's order, whose pattern ``re.fullmatch``-es the path;
-3. ``"_default"``;
-4. otherwise the layer stays FP32 (``None``).
+Per-layer maps (:func:`resolve_specs`) are keyed by module path like plans: exact path, ``"re:<pattern>"``,
+``"role:<role>"``, ``"_default"`` (see :mod:`autoselect.plan`); a layer matched by nothing stays FP32.
 """
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 
 from autoselect.errors import AutoselectError
+from autoselect.plan import resolve_keys
 
 __all__ = ["TensorQuant", "QuantSpec", "OBSERVERS", "resolve_specs", "w8a8"]
 
@@ -66,10 +62,14 @@ class QuantSpec:
 
     weight: TensorQuant | None = field(default_factory=lambda: TensorQuant(per_channel=True))
     act: TensorQuant | None = field(default_factory=lambda: TensorQuant(symmetric=False))
+    smooth: bool = False  # seed 003: weight / s_c and activation * s_c per input channel, s_c = max|w_c|
+    # the layer's output (before its activation function): integer runtimes requantize it (QLinearConv's output)
+    output: TensorQuant | None = None
 
     def __post_init__(self) -> None:
-        if self.act is not None and self.act.per_channel:
-            raise AutoselectError("per-channel activation quantization is not supported by any target")
+        for t in (self.act, self.output):
+            if t is not None and t.per_channel:
+                raise AutoselectError("per-channel activation quantization is not supported by any target")
 
     def with_weight(self, **changes: object) -> QuantSpec:
         assert self.weight is not None
@@ -78,7 +78,8 @@ class QuantSpec:
     def describe(self) -> str:
         w = self.weight.describe() if self.weight else "fp32"
         a = self.act.describe() if self.act else "fp32"
-        return f"W[{w}] A[{a}]"
+        out = f" O[{self.output.describe()}]" if self.output else ""
+        return f"W[{w}] A[{a}]{out}" + (" smoothed" if self.smooth else "")
 
 
 def w8a8(*, per_channel: bool = True, weight_bits: int = 8, act_bits: int = 8, weight_observer: str = "minmax",
@@ -91,34 +92,11 @@ def w8a8(*, per_channel: bool = True, weight_bits: int = 8, act_bits: int = 8, w
 
 
 def resolve_specs(
-    paths: Iterable[str], mapping: QuantSpec | Mapping[str, QuantSpec | None]
+    paths: Iterable[str],
+    mapping: QuantSpec | Mapping[str, QuantSpec | None],
+    roles: Mapping[str, str] | None = None,
 ) -> dict[str, QuantSpec | None]:
-    """Give every layer path its spec from ``mapping`` (see the module docstring for precedence)."""
-    paths = list(paths)
+    """Give every layer path its spec from ``mapping`` (precedence: see :mod:`autoselect.plan`)."""
     if isinstance(mapping, QuantSpec):
         return {p: mapping for p in paths}
-    known = set(paths)
-    exact = {k: v for k, v in mapping.items() if not k.startswith("re:") and k != "_default"}
-    unknown = sorted(set(exact) - known)
-    if unknown:
-        raise AutoselectError(f"no quantizable layer named {unknown[0]!r} in this model ({len(unknown)} unknown)")
-    patterns = []
-    for key, spec in mapping.items():
-        if key.startswith("re:"):
-            try:
-                patterns.append((re.compile(key[3:]), spec))
-            except re.error as exc:
-                raise AutoselectError(f"bad layer pattern {key!r}: {exc}") from None
-    default = mapping.get("_default")
-    out: dict[str, QuantSpec | None] = {}
-    for p in paths:
-        if p in exact:
-            out[p] = exact[p]
-            continue
-        for pat, spec in patterns:
-            if pat.fullmatch(p):
-                out[p] = spec
-                break
-        else:
-            out[p] = default
-    return out
+    return resolve_keys(paths, mapping, roles)

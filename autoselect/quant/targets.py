@@ -34,7 +34,12 @@ class Target:
 
     def spec(self, *, weight_bits: int | None = None, weight_observer: str = "minmax",
              act_observer: str = "minmax", per_channel: bool | None = None) -> QuantSpec:
-        """The target's quantizer; ``weight_bits``/``per_channel`` override it for simulation studies."""
+        """The target's quantizer; ``weight_bits``/``per_channel`` override it for simulation studies.
+
+        Deployable targets also quantize each layer's output, as their integer kernels do; the simulation-only
+        ``generic`` targets quantize layer inputs and weights only (the profiler's default, and its cost floor).
+        """
+        act = TensorQuant(bits=self.act_bits, symmetric=self.act_symmetric, observer=act_observer, pot=self.pot)
         return QuantSpec(
             weight=TensorQuant(
                 bits=weight_bits or self.weight_bits[-1],
@@ -43,7 +48,8 @@ class Target:
                 observer=weight_observer,
                 pot=self.pot,
             ),
-            act=TensorQuant(bits=self.act_bits, symmetric=self.act_symmetric, observer=act_observer, pot=self.pot),
+            act=act,
+            output=None if self.name.startswith("generic") else act,
         )
 
 
@@ -52,6 +58,8 @@ TARGETS: dict[str, Target] = {
     for t in (
         Target(name="generic", description="simulation default: W sym per-channel, A asym per-tensor, 8 bits",
                weight_per_channel=True, weight_symmetric=True, act_symmetric=False, weight_bits=(4, 5, 6, 7, 8)),
+        Target(name="generic-pt", description="simulation: W sym per-tensor, A asym per-tensor, 4-8-bit weights",
+               weight_per_channel=False, weight_symmetric=True, act_symmetric=False, weight_bits=(4, 5, 6, 7, 8)),
         Target(name="x86", description="FBGEMM/x86: W sym per-channel, A asym per-tensor, 7-bit activations",
                weight_per_channel=True, weight_symmetric=True, act_symmetric=False, act_bits=7, runs_here=True),
         Target(name="qnnpack", description="QNNPACK/XNNPACK (ARM): W sym per-channel, A asym per-tensor",

@@ -1,7 +1,8 @@
-"""Training: the FP32 baseline (selective QAT comes with plans)."""
+"""Training: the FP32 baseline and selective QAT of a plan."""
 
 from __future__ import annotations
 
 from autoselect.train.baseline import BaselineResult, train_baseline
+from autoselect.train.qat import QATConfig, QATResult, train_qat
 
-__all__ = ["BaselineResult", "train_baseline"]
+__all__ = ["BaselineResult", "QATConfig", "QATResult", "train_baseline", "train_qat"]

@@ -1,0 +1,171 @@
+"""Real integer models: ONNX with QuantizeLinear/DequantizeLinear, run by onnxruntime's integer kernels.
+
+1. the deploy model (:mod:`autoselect.export.deploy`) is exported to FP32 ONNX (``torch.onnx``, dynamo exporter);
+2. onnxruntime's static quantizer inserts QDQ pairs around every Conv/Gemm (inputs, weights, outputs) in the
+   QDQ format its CPU kernels fuse into ``QLinearConv``/``QGemm``; every layer's input and output are forced onto
+   the exact grids the simulation used (``TensorQuantOverrides``: our scales and zero-points — deployable targets
+   simulate the output requantization too), weights are quantized with the target's granularity and symmetry
+   (symmetric min-max, the same grid as ours), and FP32 layers are excluded;
+3. anything left unquantized by the simulation (a layer kept in FP32) is excluded from quantization.
+
+onnxruntime is imported lazily: ``import autoselect`` never loads it.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from autoselect._io import atomic_path
+from autoselect.data.batches import split_batch
+from autoselect.errors import AutoselectError
+from autoselect.export.deploy import deploy_model
+from autoselect.quant.simulate import quant_layers
+from autoselect.quant.targets import get_target
+
+__all__ = ["ExportResult", "export_fp32_onnx", "export"]
+
+
+@dataclass
+class ExportResult:
+    fp32_path: Path
+    int8_path: Path
+    fp32_bytes: int
+    int8_bytes: int
+    quantized_layers: int
+    fp32_layers: list[str]
+
+
+def export_fp32_onnx(model: nn.Module, path: str | Path, input_shape: tuple[int, ...]) -> Path:
+    """Export a float model with a dynamic batch dimension (input ``input``, output ``logits``)."""
+    import onnx
+
+    example = torch.zeros(input_shape)
+    batch = torch.export.Dim("batch", min=1, max=65536)
+    with tempfile.TemporaryDirectory() as scratch:
+        raw = Path(scratch) / "model.onnx"
+        try:
+            torch.onnx.export(model.cpu().eval(), (example,), str(raw), dynamo=True, opset_version=18,
+                              input_names=["input"], output_names=["logits"], dynamic_shapes=({0: batch},),
+                              verbose=False)
+        except Exception as exc:  # noqa: BLE001 - exporter failures are many; name the model's problem
+            raise AutoselectError(f"ONNX export failed: {str(exc).splitlines()[0]}") from None
+        proto = onnx.load(str(raw))  # pulls in weights the exporter may have put in an external .data file
+    with atomic_path(path) as tmp:
+        onnx.save_model(proto, str(tmp), save_as_external_data=False)
+    return Path(path)
+
+
+class _Reader:
+    """onnxruntime CalibrationDataReader over our batches (numpy, CPU)."""
+
+    def __init__(self, data: Iterable, limit: int | None) -> None:
+        self._batches = []
+        n = 0
+        for batch in data:
+            x, _ = split_batch(batch)
+            self._batches.append(x.detach().cpu().numpy().astype(np.float32))
+            n += len(x)
+            if limit is not None and n >= limit:
+                break
+        self._it = iter(self._batches)
+
+    def get_next(self) -> dict[str, np.ndarray] | None:
+        x = next(self._it, None)
+        return None if x is None else {"input": x}
+
+    def rewind(self) -> None:
+        self._it = iter(self._batches)
+
+
+def _layer_nodes(model_path: Path) -> dict[str, Any]:
+    """Layer path → its Conv/Gemm node, found by the ``<path>.weight`` initializer the node consumes."""
+    import onnx
+
+    graph = onnx.load(str(model_path)).graph
+    inits = {i.name for i in graph.initializer}
+    out = {}
+    for node in graph.node:
+        if node.op_type in ("Conv", "Gemm") and len(node.input) > 1 and node.input[1] in inits:
+            name = node.input[1]
+            if name.endswith(".weight"):
+                out[name[: -len(".weight")]] = node
+    return out
+
+
+def _override(symmetric: bool, scale: torch.Tensor, zp: torch.Tensor) -> dict[str, Any]:
+    from onnxruntime.quantization import QuantType
+
+    return {"quant_type": QuantType.QInt8 if symmetric else QuantType.QUInt8,
+            "scale": np.array(scale.item(), dtype=np.float32),
+            "zero_point": np.array(int(zp), dtype=np.int8 if symmetric else np.uint8)}
+
+
+def export(
+    qmodel: nn.Module,
+    calibration: Iterable,
+    out_dir: str | Path,
+    *,
+    target: str | None = None,
+    input_shape: tuple[int, ...] = (1, 3, 32, 32),
+    calibration_images: int | None = 1024,
+) -> ExportResult:
+    """Write ``model_fp32.onnx`` and ``model_int8.onnx`` (QDQ) to ``out_dir``; returns paths and sizes."""
+    from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
+
+    plan = getattr(qmodel, "autoselect_plan", None)
+    tgt = get_target(target or (plan.target if plan is not None else "x86"))
+    if tgt.name.startswith("generic") or not tgt.runs_here:
+        raise AutoselectError(f"target {tgt.name} has no integer kernels here; export for x86 or qnnpack")
+    layers = quant_layers(qmodel)
+    for path, ql in layers.items():
+        if ql.spec is not None and ql.spec.weight is not None and ql.spec.weight.bits != 8:
+            raise AutoselectError(f"layer {path} has {ql.spec.weight.bits}-bit weights; {tgt.name} runs 8-bit only")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    fp32_path = export_fp32_onnx(deploy_model(qmodel), out / "model_fp32.onnx", input_shape)
+    nodes = _layer_nodes(fp32_path)
+    missing = sorted(set(layers) - set(nodes))
+    if missing:
+        raise AutoselectError(f"exported graph lost layer {missing[0]!r} ({len(missing)} in all)")
+    overrides: dict[str, list[dict[str, Any]]] = {}
+    exclude, fp32_layers = [], []
+    for path, ql in layers.items():
+        node = nodes[path]
+        if ql.spec is None:
+            exclude.append(node.name)
+            fp32_layers.append(path)
+            continue
+        for tensor, tq, scale, zp in ((node.input[0], ql.spec.act, ql.act_scale, ql.act_zero_point),
+                                      (node.output[0], ql.spec.output, ql.out_scale, ql.out_zero_point)):
+            if tq is not None:
+                overrides[tensor] = [_override(tq.symmetric, scale, zp)]
+        if ql.spec.weight is not None:  # the weights' exact grid too, channel by channel
+            w_scale, w_zp = ql.weight_qparams()
+            sym = ql.spec.weight.symmetric
+            per_channel = [_override(sym, s_, z_) for s_, z_ in zip(w_scale.reshape(-1).cpu(), w_zp.reshape(-1).cpu())]
+            if ql.spec.weight.per_channel:
+                per_channel[0]["axis"] = 0  # onnxruntime reads a list without "axis" as per-tensor
+            overrides[node.input[1]] = per_channel
+    int8_path = out / "model_int8.onnx"
+    with atomic_path(int8_path) as tmp:
+        quantize_static(
+            str(fp32_path), str(tmp), _Reader(calibration, calibration_images),
+            quant_format=QuantFormat.QDQ, op_types_to_quantize=["Conv", "Gemm"],
+            per_channel=tgt.weight_per_channel, reduce_range=False,
+            activation_type=QuantType.QInt8 if tgt.act_symmetric else QuantType.QUInt8,
+            weight_type=QuantType.QInt8, nodes_to_exclude=exclude,
+            extra_options={"WeightSymmetric": tgt.weight_symmetric, "ActivationSymmetric": tgt.act_symmetric,
+                           "TensorQuantOverrides": overrides, "QDQDisableWeightAdjustForInt32Bias": True,
+                           "DedicatedQDQPair": True},
+        )
+    return ExportResult(fp32_path=fp32_path, int8_path=int8_path, fp32_bytes=fp32_path.stat().st_size,
+                        int8_bytes=int8_path.stat().st_size, quantized_layers=len(layers) - len(fp32_layers),
+                        fp32_layers=fp32_layers)

@@ -1,0 +1,51 @@
+"""Running exported models in onnxruntime: accuracy over batches and measured batch-1 latency."""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Iterable
+from pathlib import Path
+
+import numpy as np
+
+from autoselect.data.batches import split_batch
+
+__all__ = ["ort_session", "ort_accuracy", "ort_latency_ms"]
+
+
+def ort_session(path: str | Path, *, threads: int = 1):
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+
+
+def ort_accuracy(path: str | Path, data: Iterable, *, threads: int = 2) -> float:
+    sess = ort_session(path, threads=threads)
+    correct = total = 0
+    for batch in data:
+        x, y = split_batch(batch)
+        assert y is not None
+        logits = sess.run(None, {"input": x.cpu().numpy().astype(np.float32)})[0]
+        correct += int((logits.argmax(1) == y.cpu().numpy()).sum())
+        total += len(y)
+    return 100.0 * correct / total
+
+
+def ort_latency_ms(path: str | Path, input_shape: tuple[int, ...], *, runs: int = 200, warmup: int = 20,
+                   threads: int = 1) -> float:
+    """Median wall time of one batch-``input_shape[0]`` inference, in milliseconds."""
+    sess = ort_session(path, threads=threads)
+    x = np.random.default_rng(0).standard_normal(input_shape).astype(np.float32)
+    for _ in range(warmup):
+        sess.run(None, {"input": x})
+    times = []
+    for _ in range(runs):
+        t = time.perf_counter()
+        sess.run(None, {"input": x})
+        times.append(time.perf_counter() - t)
+    return 1000.0 * statistics.median(times)

@@ -1,0 +1,124 @@
+"""``apply_plan``: a plan + an FP32 model + calibration data → a model ready for an ordinary training loop.
+
+Frozen layers are quantized with calibrated parameters and have ``requires_grad=False``; ``qat`` layers train
+their (BN-folded) weight and bias through straight-through fake quantization; every other parameter is frozen.
+BatchNorm is folded before training (MQBench's simplest deployable strategy): the folded weights are what is
+trained and what is exported, so training and deployment see the same arithmetic.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import replace
+
+import torch
+import torch.nn as nn
+
+from autoselect.errors import AutoselectError
+from autoselect.models.graph import LayerGraph, build_layer_graph
+from autoselect.plan import LayerAction, Plan
+from autoselect.quant.simulate import calibrate, quant_layers, quantize_model
+from autoselect.quant.spec import QuantSpec
+from autoselect.quant.targets import Target, get_target
+
+__all__ = ["apply_plan", "plan_specs", "quantized_size_bytes", "retrained_fraction", "trainable_layers"]
+
+
+def _check(path: str, action: LayerAction, target: Target) -> None:
+    if action.kind == "fp32":
+        return
+    if not target.name.startswith("generic") and action.weight_bits is not None and action.weight_bits not in target.weight_bits:
+        raise AutoselectError(f"layer {path}: {action.weight_bits}-bit weights cannot run on target {target.name} "
+                              f"(it runs {', '.join(map(str, target.weight_bits))}-bit weights)")
+    if action.act == "asym" and target.act_symmetric:
+        raise AutoselectError(f"layer {path}: asymmetric activations cannot run on target {target.name}, "
+                              "whose integer kernels take symmetric activations only")
+
+
+def _spec(action: LayerAction, target: Target, observers: dict[str, str]) -> QuantSpec | None:
+    if action.kind == "fp32":
+        return None
+    spec = target.spec(weight_bits=action.weight_bits, weight_observer=observers.get("weight", "minmax"),
+                       act_observer=observers.get("act", "minmax"))
+    if action.act is not None and spec.act is not None:
+        spec = replace(spec, act=replace(spec.act, symmetric=action.act == "sym"))
+    return replace(spec, smooth=action.smooth)
+
+
+def plan_specs(plan: Plan, graph: LayerGraph) -> tuple[dict[str, QuantSpec | None], dict[str, LayerAction | None]]:
+    """Resolve and check the plan against the model's layers and the plan's target."""
+    target = get_target(plan.target)
+    roles = {layer.path: layer.role for layer in graph}
+    actions = plan.resolve(graph.paths, roles)
+    specs: dict[str, QuantSpec | None] = {}
+    for path, action in actions.items():
+        if action is None:
+            specs[path] = None
+            continue
+        _check(path, action, target)
+        if action.smooth and graph[path].kind == "conv" and 1 < graph[path].groups != graph[path].in_channels:
+            raise AutoselectError(f"layer {path}: smoothing supports depthwise and ungrouped layers only")
+        specs[path] = _spec(action, target, plan.observers)
+    return specs, actions
+
+
+def apply_plan(
+    model: nn.Module,
+    plan: Plan,
+    calibration: Iterable,
+    *,
+    graph: LayerGraph | None = None,
+    input_shape: tuple[int, ...] | None = None,
+    device: torch.device | str = "cpu",
+    progress: bool = False,
+) -> nn.Module:
+    """A quantized copy of ``model`` following ``plan``, calibrated on ``calibration``, in ``"quant"`` mode.
+
+    The copy carries ``autoselect_plan`` (the plan) and ``autoselect_total_params`` (the FP32 model's parameter
+    count, the denominator of :func:`retrained_fraction`).
+    """
+    if plan.model is not None and plan.model.input_size and input_shape is None:
+        input_shape = (1, 3, plan.model.input_size, plan.model.input_size)
+    graph = graph or build_layer_graph(model, input_shape or (1, 3, 32, 32))
+    specs, actions = plan_specs(plan, graph)
+    deployable = get_target(plan.target).runs_here
+    qmodel = quantize_model(model.to(device), specs, graph=graph, integer_graph=deployable)
+    for p in qmodel.parameters():
+        p.requires_grad_(False)
+    for path, layer in quant_layers(qmodel).items():
+        action = actions[path]
+        if action is not None and action.trainable:
+            for p in layer.layer.parameters():
+                p.requires_grad_(True)
+    calibrate(qmodel, calibration, device=device, progress=progress)
+    qmodel.autoselect_plan = plan  # type: ignore[assignment]
+    qmodel.autoselect_total_params = graph.total_params  # type: ignore[assignment]
+    return qmodel
+
+
+def trainable_layers(qmodel: nn.Module) -> list[str]:
+    return [p for p, layer in quant_layers(qmodel).items() if any(x.requires_grad for x in layer.parameters())]
+
+
+def retrained_fraction(qmodel: nn.Module) -> float:
+    """Parameters with ``requires_grad`` over all parameters of the FP32 model (BatchNorm included)."""
+    total = getattr(qmodel, "autoselect_total_params", None) or sum(p.numel() for p in qmodel.parameters())
+    return sum(p.numel() for p in qmodel.parameters() if p.requires_grad) / total
+
+
+def quantized_size_bytes(qmodel: nn.Module) -> int:
+    """Deployed size: quantized weights at their bit-width, biases as int32, FP32 layers and other parameters at
+    4 bytes, plus one scale/zero-point per channel or tensor."""
+    size = 0
+    counted: set[int] = set()
+    for layer in quant_layers(qmodel).values():
+        w = layer.layer.weight
+        counted.update(id(p) for p in layer.layer.parameters())
+        bias = layer.layer.bias.numel() if layer.layer.bias is not None else 0
+        if layer.spec is None or layer.spec.weight is None:
+            size += 4 * (w.numel() + bias)
+            continue
+        channels = w.shape[0] if layer.spec.weight.per_channel else 1
+        size += (w.numel() * layer.spec.weight.bits + 7) // 8 + 4 * bias + 8 * channels + 8
+    size += sum(4 * p.numel() for p in qmodel.parameters() if id(p) not in counted)
+    return size

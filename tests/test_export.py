@@ -1,0 +1,90 @@
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from autoselect.errors import AutoselectError
+from autoselect.export import deploy_model, export, ort_latency_ms, ort_session
+from autoselect.plan import LayerAction, Plan
+from autoselect.quant import quant_layers, set_mode
+from autoselect.quant.apply import apply_plan
+from tests.helpers import tiny_net
+
+pytestmark = pytest.mark.slow
+
+
+def _data(n=4, batch=16, seed=0):
+    """Images with a per-image brightness offset, so that the tiny net's logits differ from image to image."""
+    g = torch.Generator().manual_seed(seed)
+    out = []
+    for _ in range(n):
+        offset = torch.empty(batch, 1, 1, 1).uniform_(-2.0, 2.0, generator=g)
+        out.append((torch.randn(batch, 3, 32, 32, generator=g) + offset, torch.zeros(batch, dtype=torch.long)))
+    return out
+
+
+def _model(data):
+    """The tiny net with BN statistics fitted to ``data``, so that activations (and logits) vary with the input."""
+    model = tiny_net()
+    model.train()
+    with torch.no_grad():
+        for _ in range(3):
+            for x, _ in data:
+                model(x)
+    return model.eval()
+
+
+def test_deploy_model_is_the_folded_float_model_with_smoothing_explicit():
+    data = _data()
+    plan = Plan(layers={"role:depthwise": LayerAction(smooth=True), "_default": LayerAction()}, target="x86")
+    model = _model(data)
+    q = apply_plan(model, plan, data)
+    set_mode(q, "fp32")
+    x = data[0][0]
+    deployed = deploy_model(q)
+    torch.testing.assert_close(deployed(x), model(x), rtol=1e-4, atol=1e-4)
+    assert type(deployed.get_submodule("blocks.0.conv.3")).__name__ == "SmoothedLayer"
+
+
+@pytest.mark.parametrize("target", ["x86", "qnnpack"])
+def test_int8_onnx_matches_simulation(tmp_path, target):
+    data = _data()
+    plan = Plan(layers={"role:depthwise": LayerAction(kind="qat", act="asym"), "head": LayerAction(kind="fp32"),
+                        "_default": LayerAction()}, target=target)
+    q = apply_plan(_model(data), plan, data)
+    res = export(q, data, tmp_path, target=target)
+    assert res.fp32_layers == ["head"] and res.quantized_layers == 10
+    import onnx
+
+    graph = onnx.load(str(res.int8_path)).graph
+    int8_weights = [i.name for i in graph.initializer if i.data_type == onnx.TensorProto.INT8 and i.dims[0] > 1]
+    assert len(int8_weights) >= 10  # every quantized conv's weight is stored as int8
+    assert sum(n.op_type == "QuantizeLinear" for n in graph.node) >= 10
+    x = torch.cat([b[0] for b in data])
+    with torch.no_grad():
+        sim = q(x).numpy()
+        fp = deploy_model(q)(x).numpy()
+    real = ort_session(res.int8_path).run(None, {"input": x.numpy()})[0]
+    fp_onnx = ort_session(res.fp32_path).run(None, {"input": x.numpy()})[0]
+    np.testing.assert_allclose(fp_onnx, fp, rtol=1e-3, atol=1e-4)
+    assert fp.std(axis=0).mean() > 1e-3  # the logits do depend on the input
+    if target == "x86":
+        # 7-bit activations: the integer kernels reproduce the simulation (measured: 9x closer than FP32 is)
+        assert (real.argmax(1) == sim.argmax(1)).mean() >= 0.95
+        assert np.abs(real - sim).mean() < 0.3 * np.abs(fp - sim).mean()
+        assert np.abs(real - sim).mean() < 0.05 * fp.std(axis=0).mean()
+    else:
+        # 8-bit activations on this AVX2 CPU may saturate int16 sums (see README); the model must still run
+        assert np.isfinite(real).all() and real.shape == sim.shape
+    assert ort_latency_ms(res.int8_path, (1, 3, 32, 32), runs=5, warmup=1) > 0
+
+
+def test_export_refuses_what_cannot_run(tmp_path):
+    data = _data(n=1)
+    q4 = apply_plan(tiny_net(), Plan(layers={"_default": LayerAction(weight_bits=4)}), data)
+    with pytest.raises(AutoselectError, match="no integer kernels here"):
+        export(q4, data, tmp_path)
+    with pytest.raises(AutoselectError, match="4-bit weights; x86 runs 8-bit only"):
+        export(q4, data, tmp_path, target="x86")
+    assert quant_layers(q4)  # untouched

@@ -1,0 +1,123 @@
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import autoselect as asel
+from autoselect.errors import AutoselectError
+from autoselect.plan import LayerAction, Plan, load_plan, save_plan
+from autoselect.plans import builtin_plan, builtin_plans
+from autoselect.quant import quant_layers
+from autoselect.quant.apply import apply_plan, retrained_fraction, trainable_layers
+
+
+def _write(tmp_path, obj, name="plan.json"):
+    path = tmp_path / name
+    path.write_text(json.dumps(obj))
+    return path
+
+
+def test_roundtrip_json_and_yaml(tmp_path):
+    plan = Plan(layers={"role:depthwise": LayerAction(kind="qat", act="asym", weight_bits=6),
+                        "re:blocks\\.0\\..*": LayerAction(kind="fp32"), "_default": LayerAction(smooth=True)},
+                target="snpe", objectives={"int8_top1": 90.0}, provenance={"source": "test"})
+    for name in ("p.json", "p.yaml"):
+        back = load_plan(save_plan(plan, tmp_path / name))
+        assert back == plan
+
+
+def test_shorthands_and_bad_plans(tmp_path):
+    ok = load_plan(_write(tmp_path, {"version": 1, "layers": {"_default": "qat_asym"}}))
+    assert ok.layers["_default"] == LayerAction(kind="qat", act="asym")
+    cases = [
+        ({"version": 2, "layers": {"_default": "freeze"}}, "version 2"),
+        ({"version": 1, "layers": {}}, "non-empty"),
+        ({"version": 1, "layers": {"x": "train"}}, "unknown action 'train'"),
+        ({"version": 1, "layers": {"x": {"action": "qat", "bits": 4}}}, "unknown field(s) bits"),
+        ({"version": 1, "layers": {"x": {"action": "qat", "weight_bits": 12}}}, "weight_bits must be"),
+        ({"version": 1, "layers": {"x": {"action": "qat_sym", "act": "asym"}}}, "contradicts"),
+        ({"version": 1, "layers": {"x": "freeze"}, "extra": 1}, "unknown field(s) extra"),
+    ]
+    for obj, message in cases:
+        with pytest.raises(AutoselectError, match=message.replace("(", r"\(").replace(")", r"\)")):
+            load_plan(_write(tmp_path, obj))
+    (tmp_path / "broken.json").write_text('{"version": 1,\n "layers": }')
+    with pytest.raises(AutoselectError, match="not valid JSON.*line 2"):
+        load_plan(tmp_path / "broken.json")
+    with pytest.raises(AutoselectError, match="plan file not found"):
+        load_plan(tmp_path / "missing.json")
+
+
+def test_plan_checked_against_model_and_target(tiny, batches):
+    for layers, message in [
+        ({"features.0": LayerAction()}, "no quantizable layer named 'features.0'"),
+        ({"re:nothing.*": LayerAction()}, "matches no layer"),
+        ({"role:se": LayerAction()}, "no layer has role 'se'"),
+    ]:
+        with pytest.raises(AutoselectError, match=message):
+            apply_plan(tiny, Plan(layers=layers), batches)
+    with pytest.raises(AutoselectError, match="asymmetric activations cannot run on target tensorrt"):
+        apply_plan(tiny, Plan(layers={"_default": LayerAction(kind="qat", act="asym")}, target="tensorrt"), batches)
+    with pytest.raises(AutoselectError, match="4-bit weights cannot run on target x86"):
+        apply_plan(tiny, Plan(layers={"_default": LayerAction(weight_bits=4)}, target="x86"), batches)
+
+
+def test_apply_plan_freezes_all_but_qat_layers(tiny, batches):
+    plan = Plan(layers={"role:depthwise": LayerAction(kind="qat", act="asym"), "head": LayerAction(kind="fp32"),
+                        "_default": LayerAction(weight_bits=6)})
+    q = apply_plan(tiny, plan, batches)
+    layers = quant_layers(q)
+    assert trainable_layers(q) == ["blocks.0.conv.3", "blocks.1.conv.3", "blocks.2.conv.3"]
+    assert layers["head"].spec is None
+    assert layers["stem.0"].spec.weight.bits == 6 and layers["stem.0"].spec.act.symmetric is False
+    dw = layers["blocks.0.conv.3"].spec
+    assert dw.act.symmetric is False and dw.weight.bits == 8
+    expected = sum(p.numel() for p in q.parameters() if p.requires_grad) / sum(p.numel() for p in tiny.parameters())
+    assert retrained_fraction(q) == pytest.approx(expected) and 0 < expected < 0.5
+    assert all(layer.act_calibrated for layer in layers.values() if layer.spec is not None)
+
+
+def test_builtin_seed_plans_match_the_study_scopes():
+    assert builtin_plans() == ["seed001_classifier_only", "seed001_depthwise_1x1", "seed001_depthwise_1x1_asym",
+                               "seed001_depthwise_only", "seed001_full_qat"]
+    model = asel.create_model("mobilenet_v2", num_classes=10)
+    x = [torch.randn(2, 3, 32, 32)]
+    got = {n: 100 * retrained_fraction(apply_plan(model, builtin_plan(n), x)) for n in builtin_plans()}
+    assert got["seed001_classifier_only"] == pytest.approx(0.57, abs=0.05)
+    assert got["seed001_depthwise_only"] == pytest.approx(3.2, abs=0.3)
+    assert got["seed001_depthwise_1x1"] == pytest.approx(46.3, abs=0.5)
+    assert got["seed001_depthwise_1x1_asym"] == got["seed001_depthwise_1x1"]
+    assert got["seed001_full_qat"] > 99
+
+
+def test_users_own_training_loop(tmp_path, tiny, batches):
+    """The API for users' pipelines: load a plan file, apply it, train with a plain PyTorch loop."""
+    path = save_plan(Plan(layers={"role:depthwise": LayerAction(kind="qat", act="asym"),
+                                  "role:project": LayerAction(kind="qat"), "role:classifier": LayerAction(kind="qat"),
+                                  "_default": LayerAction()}),
+                     tmp_path / "plan.json")
+    plan = asel.load_plan(path)
+    qmodel = asel.apply_plan(tiny, plan, batches)
+    frozen_before = {n: p.detach().clone() for n, p in qmodel.named_parameters() if not p.requires_grad}
+    opt = torch.optim.SGD([p for p in qmodel.parameters() if p.requires_grad], lr=0.2, momentum=0.9)
+    g = torch.Generator().manual_seed(0)
+    y = torch.randint(0, 2, (16,), generator=g)
+    x = torch.randn(16, 3, 32, 32, generator=g) + (2.0 * y.float() - 1.0).view(-1, 1, 1, 1)  # learnable labels
+    losses = []
+    qmodel.train()
+    for _ in range(60):
+        opt.zero_grad()
+        loss = F.cross_entropy(qmodel(x), y)
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.7 * losses[0]
+    for n, p in qmodel.named_parameters():
+        if not p.requires_grad:
+            assert torch.equal(p, frozen_before[n]), n
+            assert p.grad is None
+    # the stem is frozen and before every trainable layer: no gradient reaches it at all
+    assert quant_layers(qmodel)["stem.0"].layer.weight.grad is None
