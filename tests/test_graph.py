@@ -68,3 +68,13 @@ def test_resnet_blocks_are_basic_blocks():
     assert g["layer2.0.conv1"].block == "layer2.0"
     assert g.bn_pairs()["layer2.0.downsample.0"] == "layer2.0.downsample.1"
     assert g.blocks[0] == "conv1" and g.blocks[-1] == "fc"
+
+
+def test_activation_and_block_input_are_traced(tiny):
+    g = build_layer_graph(tiny)
+    assert g["blocks.0.conv.0"].activation == "ReLU6" and g["blocks.0.conv.3"].activation == "ReLU6"
+    assert g["blocks.0.conv.6"].activation is None  # projection: into the residual add
+    assert g["blocks.0.conv.0"].reads_block_input and not g["blocks.0.conv.3"].reads_block_input
+    r = build_layer_graph(create_model("resnet18", num_classes=10))
+    assert r["layer1.0.conv1"].activation == "ReLU" and r["layer1.0.conv2"].activation is None
+    assert r["layer2.0.conv1"].reads_block_input and r["layer2.0.downsample.0"].reads_block_input

@@ -72,8 +72,10 @@ def test_apply_plan_freezes_all_but_qat_layers(tiny, batches):
     layers = quant_layers(q)
     assert trainable_layers(q) == ["blocks.0.conv.3", "blocks.1.conv.3", "blocks.2.conv.3"]
     assert layers["head"].spec is None
-    assert layers["stem.0"].spec.weight.bits == 6 and layers["stem.0"].spec.act.symmetric is False
-    dw = layers["blocks.0.conv.3"].spec
+    stem, dw = layers["stem.0"].spec, layers["blocks.0.conv.3"].spec
+    assert stem is not None and stem.weight is not None and stem.act is not None
+    assert stem.weight.bits == 6 and stem.act.symmetric is False
+    assert dw is not None and dw.weight is not None and dw.act is not None
     assert dw.act.symmetric is False and dw.weight.bits == 8
     expected = sum(p.numel() for p in q.parameters() if p.requires_grad) / sum(p.numel() for p in tiny.parameters())
     assert retrained_fraction(q) == pytest.approx(expected) and 0 < expected < 0.5
@@ -121,3 +123,14 @@ def test_users_own_training_loop(tmp_path, tiny, batches):
             assert p.grad is None
     # the stem is frozen and before every trainable layer: no gradient reaches it at all
     assert quant_layers(qmodel)["stem.0"].layer.weight.grad is None
+
+
+def test_deployable_targets_requantize_after_fused_activations(tiny, batches):
+    q = apply_plan(tiny, Plan(layers={"_default": LayerAction()}, target="x86"), batches)
+    specs = {p: layer.spec for p, layer in quant_layers(q).items()}
+    expand, project = specs["blocks.0.conv.0"], specs["blocks.0.conv.6"]
+    assert expand is not None and expand.output is None  # ReLU6 follows: the consumer's input grid requantizes
+    assert project is not None and project.output is not None  # projection into the add: its own output grid
+    assert project.output.bits == 7
+    generic = apply_plan(tiny, Plan(layers={"_default": LayerAction()}), batches)
+    assert all(layer.spec is None or layer.spec.output is None for layer in quant_layers(generic).values())

@@ -95,8 +95,10 @@ def _layer_nodes(model_path: Path) -> dict[str, Any]:
     for node in graph.node:
         if node.op_type in ("Conv", "Gemm") and len(node.input) > 1 and node.input[1] in inits:
             name = node.input[1]
-            if name.endswith(".weight"):
-                out[name[: -len(".weight")]] = node
+            for suffix in (".layer.weight", ".weight"):  # a SmoothedLayer keeps its conv at <path>.layer
+                if name.endswith(suffix):
+                    out[name[: -len(suffix)]] = node
+                    break
     return out
 
 
@@ -158,7 +160,7 @@ def export(
     with atomic_path(int8_path) as tmp:
         quantize_static(
             str(fp32_path), str(tmp), _Reader(calibration, calibration_images),
-            quant_format=QuantFormat.QDQ, op_types_to_quantize=["Conv", "Gemm"],
+            quant_format=QuantFormat.QDQ, op_types_to_quantize=["Conv", "Gemm", "Clip", "Relu"],
             per_channel=tgt.weight_per_channel, reduce_range=False,
             activation_type=QuantType.QInt8 if tgt.act_symmetric else QuantType.QUInt8,
             weight_type=QuantType.QInt8, nodes_to_exclude=exclude,

@@ -11,6 +11,7 @@ Everything is derived from the module structure and one traced forward pass, not
   it is ``project``; the first conv of the model is ``stem``; a ``Linear`` with no conv after it is
   ``classifier``; everything else is ``conv`` (or ``linear``);
 - **BatchNorm pairs**: a ``BatchNorm2d`` whose input is exactly a conv's output is folded into that conv;
+- **activation**: the leaf module applied to a layer's (BN'd) output, e.g. ``ReLU6``, if any;
 - **MACs** are counted from the traced shapes for the given input size.
 """
 
@@ -48,6 +49,7 @@ class LayerInfo:
     output_shape: tuple[int, ...]
     bn: str | None = None  # path of the BatchNorm2d folded into this layer
     reads_block_input: bool = False  # its input is its block's input tensor (shared with a shortcut, if any)
+    activation: str | None = None  # class name of the activation module applied right after it (BN folded)
 
 
 @dataclass
@@ -125,13 +127,18 @@ class _Call:
     input_id: int
 
 
-def _trace(model: nn.Module, example: torch.Tensor) -> tuple[list[_Call], dict[str, str], dict[str, int]]:
+def _trace(model: nn.Module, example: torch.Tensor
+           ) -> tuple[list[_Call], dict[str, str], dict[str, int], dict[str, str]]:
     calls: list[_Call] = []
     seen: set[str] = set()
     conv_out: dict[int, str] = {}
     pooled: set[int] = set()
     bn_of: dict[str, str] = {}
     module_input: dict[str, int] = {}
+    # output tensor id -> (the quantizable layer it stems from, through its BN; the tensor's version then):
+    # an in-place op in between (``out += identity``) bumps the version, so it is not mistaken for an activation
+    produced_by: dict[int, tuple[str, int]] = {}
+    activation_of: dict[str, str] = {}
     keep: list[torch.Tensor] = []  # keeps traced tensors alive so that their ids are not reused
 
     def hook(path: str):
@@ -147,15 +154,25 @@ def _trace(model: nn.Module, example: torch.Tensor) -> tuple[list[_Call], dict[s
             if isinstance(mod, QUANTIZABLE) and path not in seen:
                 seen.add(path)
                 calls.append(_Call(path, mod, tuple(x.shape), tuple(output.shape), id(x) in pooled, id(x)))
+                produced_by[id(output)] = (path, output._version)
                 if isinstance(mod, nn.Conv2d):
                     conv_out[id(output)] = path
             elif isinstance(mod, nn.BatchNorm2d) and id(x) in conv_out:
                 conv = conv_out.pop(id(x))
                 bn_of.setdefault(conv, path)
+                produced_by[id(output)] = (conv, output._version)
 
         return fn
 
+    def pre_hook(mod: nn.Module, inputs: tuple) -> None:
+        x = inputs[0] if inputs and isinstance(inputs[0], torch.Tensor) else None
+        src = produced_by.get(id(x)) if x is not None else None
+        if src is not None and x is not None and x._version == src[1]:
+            activation_of.setdefault(src[0], type(mod).__name__)
+
     handles = [m.register_forward_hook(hook(p)) for p, m in model.named_modules() if p]
+    handles += [m.register_forward_pre_hook(pre_hook) for p, m in model.named_modules()
+                if p and not list(m.children()) and not isinstance(m, (nn.BatchNorm2d, *QUANTIZABLE))]
     was_training = model.training
     model.eval()
     try:
@@ -165,7 +182,7 @@ def _trace(model: nn.Module, example: torch.Tensor) -> tuple[list[_Call], dict[s
         for h in handles:
             h.remove()
         model.train(was_training)
-    return calls, bn_of, module_input
+    return calls, bn_of, module_input, activation_of
 
 
 def _macs(mod: nn.Module, out_shape: tuple[int, ...]) -> int:
@@ -219,7 +236,7 @@ def build_layer_graph(model: nn.Module, input_shape: tuple[int, ...] = (1, 3, 32
     """Trace ``model`` once on zeros of ``input_shape`` and describe its quantizable layers."""
     param = next(model.parameters(), None)
     device = param.device if param is not None else torch.device("cpu")
-    calls, bn_of, module_input = _trace(model, torch.zeros(input_shape, device=device))
+    calls, bn_of, module_input, activation_of = _trace(model, torch.zeros(input_shape, device=device))
     blocks = [_block_of(model, c.path) for c in calls]
     roles = _roles(calls, blocks)
     layers = []
@@ -248,6 +265,7 @@ def build_layer_graph(model: nn.Module, input_shape: tuple[int, ...] = (1, 3, 32
                 output_shape=c.out_shape,
                 bn=bn_of.get(c.path),
                 reads_block_input=block != c.path and module_input.get(block) == c.input_id,
+                activation=activation_of.get(c.path),
             )
         )
     total = sum(p.numel() for p in model.parameters())

@@ -12,6 +12,7 @@ The original model is never modified.
 from __future__ import annotations
 
 import copy
+from dataclasses import replace
 from collections.abc import Iterable, Mapping
 
 import torch
@@ -50,7 +51,7 @@ def quantize_model(
     qmodel = copy.deepcopy(model).eval()
     if fold_bn:
         fold_batchnorm(qmodel, graph.bn_pairs())
-    resolved = resolve_specs(graph.paths, specs)
+    resolved = {p: _fused_output(s, graph[p].activation) for p, s in resolve_specs(graph.paths, specs).items()}
     for i, path in enumerate(graph.paths):
         layer = qmodel.get_submodule(path)
         assert isinstance(layer, (nn.Conv2d, nn.Linear))
@@ -62,6 +63,18 @@ def quantize_model(
                 qmodel.get_submodule(info.block).register_forward_pre_hook(
                     _SharedInput(qmodel.get_submodule(info.path)))  # type: ignore[arg-type]
     return qmodel
+
+
+CLAMPING = ("ReLU", "ReLU6", "Hardtanh")
+
+
+def _fused_output(spec: QuantSpec | None, activation: str | None) -> QuantSpec | None:
+    """A layer followed by ReLU/ReLU6 is requantized after the activation, as fused conv+relu integer kernels do:
+    its consumer's input quantizer (zero-point 0, clipped at the observed maximum) is that requantization, so the
+    layer itself gets no separate output quantizer."""
+    if spec is not None and spec.output is not None and activation in CLAMPING:
+        return replace(spec, output=None)
+    return spec
 
 
 class _SharedInput:

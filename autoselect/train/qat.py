@@ -117,7 +117,7 @@ def train_qat(
     cfg = config or QATConfig()
     qmodel.to(device)
     opt = _optimizer(qmodel, cfg)
-    start, history = 0, []
+    start, history = 0, []  # type: tuple[int, list[dict[str, Any]]]
     if resume:
         if cfg.checkpoint is None:
             raise AutoselectError("resume needs a checkpoint path")
