@@ -72,6 +72,7 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="selective QAT: train the plan's qat layers, report INT8 top-1")
     _common(p)
     p.add_argument("--plan", required=True, help="plan file (.json/.yaml) or a built-in plan name (`autoselect plans`)")
+    p.add_argument("--target", help="override the plan's target (train for the target you will export to)")
     p.add_argument("--steps", type=int, default=300, help="optimizer steps")
     p.add_argument("--lr", type=float, default=0.01, help="peak learning rate (after warm-up)")
     p.add_argument("--warmup-steps", type=int, default=20)
@@ -82,6 +83,16 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint-every", type=int, default=100)
     p.add_argument("--out", help="output directory (default: runs/train-PLAN)")
     p.add_argument("--resume", action="store_true", help="continue from OUT/qat.pt")
+
+    p = sub.add_parser("export", help="real INT8 model: ONNX QDQ run by onnxruntime; size, accuracy, latency")
+    _common(p)
+    p.add_argument("--plan", required=True, help="plan file or built-in plan name")
+    p.add_argument("--checkpoint", help="QAT checkpoint from `autoselect train` (default: the plan as PTQ)")
+    p.add_argument("--target", help="deployment target (default: the plan's; x86 or qnnpack run here)")
+    p.add_argument("--calib-images", type=int, default=1024)
+    p.add_argument("--eval-images", type=int, help="evaluate on a random subset of the test split")
+    p.add_argument("--latency-runs", type=int, default=200)
+    p.add_argument("--out", help="output directory (default: runs/export-PLAN)")
 
     sub.add_parser("plans", help="list built-in plans")
 
@@ -219,7 +230,11 @@ def _cmd_train(args: argparse.Namespace) -> int:
     from autoselect.quant.apply import apply_plan, retrained_fraction
     from autoselect.train import QATConfig, train_qat
 
+    from dataclasses import replace
+
     plan, plan_name = _read_plan(args.plan)
+    if args.target:
+        plan = replace(plan, target=args.target)
     if plan.model is not None:
         if args.model == "mobilenet_v2" and plan.model.name != args.model:  # --model left at its default
             args.model = plan.model.name
@@ -258,13 +273,73 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_export(args: argparse.Namespace) -> int:
+    from dataclasses import replace
+
+    import torch
+
+    from autoselect.evaluate import accuracy
+    from autoselect.export import export, ort_accuracy, ort_latency_ms
+    from autoselect.quant.apply import apply_plan
+
+    plan, plan_name = _read_plan(args.plan)
+    if args.target:
+        plan = replace(plan, target=args.target)
+    if plan.model is not None and args.model == "mobilenet_v2":
+        args.model = plan.model.name
+    device = _device(args)
+    prep = _prepare(args, train_images=args.calib_images, test_images=args.eval_images)
+    assert prep.train is not None and prep.test is not None
+    size = prep.loaded.input_size
+    qmodel = apply_plan(prep.loaded.model, plan, prep.train.batches(args.batch_size, device=device),
+                        input_shape=(1, 3, size, size), device=device)
+    if args.checkpoint:
+        try:
+            ck = torch.load(args.checkpoint, map_location="cpu", weights_only=True)
+        except FileNotFoundError:
+            raise AutoselectError(f"checkpoint not found: {args.checkpoint}") from None
+        except Exception as exc:  # noqa: BLE001
+            raise AutoselectError(f"cannot read checkpoint {args.checkpoint}: {str(exc).splitlines()[0]}") from None
+        if not isinstance(ck, dict) or ck.get("kind") != "autoselect-qat":
+            raise AutoselectError(f"{args.checkpoint} is not an autoselect QAT checkpoint")
+        if ck.get("target") != plan.target:
+            raise AutoselectError(f"checkpoint {args.checkpoint} was trained for target {ck.get('target')!r}, not "
+                                  f"{plan.target!r}: train with --target {plan.target} to export for it")
+        try:
+            qmodel.load_state_dict(ck["model"])
+        except (KeyError, RuntimeError) as exc:
+            detail = " ".join(str(exc).split())[:240]
+            raise AutoselectError(f"checkpoint {args.checkpoint} does not fit this plan/model: {detail}") from None
+    qmodel.cpu()
+    out = Path(args.out or f"runs/export-{plan_name}")
+    res = export(qmodel, prep.train.batches(args.batch_size), out, input_shape=(1, 3, size, size))
+    test = prep.test.batches(256)
+    sim = accuracy(qmodel, test)
+    real = ort_accuracy(res.int8_path, test)
+    fp32_ms = ort_latency_ms(res.fp32_path, (1, 3, size, size), runs=args.latency_runs)
+    int8_ms = ort_latency_ms(res.int8_path, (1, 3, size, size), runs=args.latency_runs)
+    summary = {"plan": args.plan, "target": plan.target, "checkpoint": args.checkpoint,
+               "fp32_onnx": str(res.fp32_path), "int8_onnx": str(res.int8_path), "fp32_bytes": res.fp32_bytes,
+               "int8_bytes": res.int8_bytes, "simulated_top1": sim, "int8_top1": real, "test_images": len(prep.test),
+               "fp32_latency_ms": fp32_ms, "int8_latency_ms": int8_ms, "fp32_layers": res.fp32_layers}
+    from autoselect._io import atomic_path
+
+    with atomic_path(out / "export.json") as tmp:
+        tmp.write_text(json.dumps(summary, indent=2) + "\n")
+    print(f"{res.int8_path}: {res.int8_bytes / 1e6:.2f} MB (FP32 {res.fp32_bytes / 1e6:.2f} MB)")
+    print(f"top-1 on {len(prep.test)} test images: simulated {sim:.2f}%, onnxruntime INT8 {real:.2f}%")
+    print(f"batch-1 latency (onnxruntime, 1 thread): INT8 {int8_ms:.3f} ms, FP32 {fp32_ms:.3f} ms "
+          f"({int8_ms / fp32_ms:.2f}x)")
+    return 0
+
+
 def _cmd_search(args: argparse.Namespace) -> int:
     raise AutoselectError("`autoselect search` is not implemented yet (issue 4); use `autoselect profile` for now")
 
 
 _COMMANDS = {
     "models": _cmd_models, "graph": _cmd_graph, "baseline": _cmd_baseline, "ptq": _cmd_ptq,
-    "profile": _cmd_profile, "train": _cmd_train, "plans": _cmd_plans, "search": _cmd_search,
+    "profile": _cmd_profile, "train": _cmd_train, "export": _cmd_export, "plans": _cmd_plans, "search": _cmd_search,
 }
 
 

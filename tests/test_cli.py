@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 
@@ -117,3 +119,24 @@ def test_train_runs_a_plan_and_resumes(tmp_path, capsys):
 def test_train_bad_input(argv, message, capsys):
     assert main([*argv, "--quiet"]) == 2
     assert message in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_train_then_export_for_x86(tmp_path, capsys):
+    plan = tmp_path / "plan.json"
+    plan.write_text('{"version": 1, "target": "x86", "model": {"name": "tests.helpers:tiny_net"}, '
+                    '"layers": {"role:depthwise": "qat_asym", "_default": "freeze"}}')
+    common = ["--plan", str(plan), "--quiet", "--calib-images", "32", "--eval-images", "32"]
+    run = tmp_path / "run"
+    assert main(["train", *common, "--train-images", "64", "--batch-size", "16", "--steps", "3",
+                 "--out", str(run)]) == 0
+    out = tmp_path / "export"
+    assert main(["export", *common, "--checkpoint", str(run / "qat.pt"), "--latency-runs", "3",
+                 "--out", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "onnxruntime INT8" in text and (out / "model_int8.onnx").is_file()
+    summary = json.loads((out / "export.json").read_text())
+    assert abs(summary["simulated_top1"] - summary["int8_top1"]) <= 10.0  # 32 images: at most 3 disagree
+    assert main(["export", *common, "--target", "qnnpack", "--checkpoint", str(run / "qat.pt"),
+                 "--out", str(out)]) == 2
+    assert "trained for target 'x86', not 'qnnpack'" in capsys.readouterr().err

@@ -134,3 +134,22 @@ def test_deployable_targets_requantize_after_fused_activations(tiny, batches):
     assert project.output.bits == 7
     generic = apply_plan(tiny, Plan(layers={"_default": LayerAction()}), batches)
     assert all(layer.spec is None or layer.spec.output is None for layer in quant_layers(generic).values())
+
+
+def test_readme_example_plan_is_valid(tmp_path):
+    import re
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    block = re.search(r"```json\n(.*?)```", readme, re.S)
+    assert block is not None
+    path = tmp_path / "readme_plan.json"
+    path.write_text(block.group(1))
+    plan = load_plan(path)
+    model = asel.create_model(plan.model.name if plan.model else "", num_classes=10)
+    q = apply_plan(model, plan, [torch.randn(2, 3, 32, 32)])
+    layers = quant_layers(q)
+    assert layers["features.1.conv.0.0"].spec is None
+    spec = layers["features.16.conv.0.0"].spec
+    assert spec is not None and spec.smooth and spec.act is not None and not spec.act.symmetric
+    assert "features.16.conv.0.0" in trainable_layers(q)

@@ -76,7 +76,9 @@ def _optimizer(qmodel: nn.Module, cfg: QATConfig) -> torch.optim.SGD:
 
 def _save(path: str, qmodel: nn.Module, opt: torch.optim.Optimizer, step: int, history: list, cfg: QATConfig) -> None:
     with atomic_path(path) as tmp:
+        plan = getattr(qmodel, "autoselect_plan", None)
         torch.save({"kind": "autoselect-qat", "step": step, "model": qmodel.state_dict(),
+                    "target": plan.target if plan is not None else None,
                     "optimizer": opt.state_dict(), "history": history, "steps": cfg.steps, "seed": cfg.seed}, tmp)
 
 
