@@ -9,21 +9,17 @@ DQ -> Conv -> Q pattern to fuse into QLinearConv, so it runs float convs on dequ
 
 from __future__ import annotations
 
-import argparse
 import json
 from datetime import date
 from pathlib import Path
 
 import onnx
-import torch
+from _common import apply_threads, reference_parser, save_result
 
 from autoselect import accuracy, load_images, load_model
 from autoselect.export import export, ort_accuracy, ort_latency_ms
 from autoselect.plan import LayerAction, Plan
 from autoselect.quant.apply import apply_plan
-
-ROOT = Path(__file__).resolve().parents[1]
-SHARED = ROOT.parent / "shared"
 
 
 def strip_output_qdq(src: Path, dst: Path) -> int:
@@ -54,16 +50,13 @@ def strip_output_qdq(src: Path, dst: Path) -> int:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--weights", default=str(SHARED / "fixtures" / "mobilenet_v2_cifar10_fp32.pt"))
-    ap.add_argument("--data", default=str(SHARED / "datasets" / "cifar10"))
+    ap = reference_parser(__doc__, "export_bench.json")
     ap.add_argument("--eval-images", type=int, default=None)
     ap.add_argument("--runs", type=int, default=300)
-    ap.add_argument("--threads", type=int, default=1, help="onnxruntime intra-op threads for latency")
+    ap.add_argument("--ort-threads", type=int, default=1, help="onnxruntime intra-op threads for latency")
     ap.add_argument("--work", default="/tmp/autoselect-export-bench")
-    ap.add_argument("--out", default=str(ROOT / "experiments" / "results" / "export_bench.json"))
     args = ap.parse_args()
-    torch.set_num_threads(2)
+    apply_threads(args)
     lm = load_model("mobilenet_v2", weights=args.weights)
     calib = load_images(args.data, split="train", limit=1024).with_normalize(lm.normalize)
     test = load_images(args.data, split="test", limit=args.eval_images).with_normalize(lm.normalize)
@@ -91,11 +84,11 @@ def main() -> None:
     lat: dict[str, list[float]] = {k: [] for k in paths}
     for _ in range(3):
         for k, p in paths.items():
-            lat[k].append(ort_latency_ms(p, shape, runs=args.runs, threads=args.threads))
+            lat[k].append(ort_latency_ms(p, shape, runs=args.runs, threads=args.ort_threads))
     med = {k: sorted(v)[1] for k, v in lat.items()}
     print("latency ms (batch 1):", {k: round(v, 3) for k, v in med.items()}, flush=True)
     summary = {
-        "date": date.today().isoformat(), "threads": args.threads, "runs": args.runs, "test_images": len(test),
+        "date": date.today().isoformat(), "ort_threads": args.ort_threads, "runs": args.runs, "test_images": len(test),
         "fp32_torch_top1": accuracy(lm.model, test.batches(500)),
         "fp32_onnx_top1": ort_accuracy(fp32_path, test.batches(500)),
         "variants": rows, "latency_ms": med, "latency_rounds_ms": lat,
@@ -104,7 +97,7 @@ def main() -> None:
         "no_output_qdq_over_fp32": med["x86_no_output_qdq"] / med["fp32"],
         "output_qdq_pairs_removed": n_stripped,
     }
-    Path(args.out).write_text(json.dumps(summary, indent=2) + "\n")
+    save_result(args.out, summary)
     print(json.dumps({k: v for k, v in summary.items() if k not in ("variants", "latency_rounds_ms")}, indent=2))
 
 

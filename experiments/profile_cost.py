@@ -8,33 +8,24 @@ is reported (the machine is shared and noisy, so absolute times mean little).
 
 from __future__ import annotations
 
-import argparse
 import json
 import statistics
 import time
 from datetime import date
-from pathlib import Path
 
-import torch
+from _common import apply_threads, reference_parser, save_result
 
 from autoselect import load_images, load_model, profile, w8a8
 from autoselect.evaluate import predict
 
-ROOT = Path(__file__).resolve().parents[1]
-SHARED = ROOT.parent / "shared"
-
 
 def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--weights", default=str(SHARED / "fixtures" / "mobilenet_v2_cifar10_fp32.pt"))
-    ap.add_argument("--data", default=str(SHARED / "datasets" / "cifar10"))
+    ap = reference_parser(__doc__, "profile_cost.json")
     ap.add_argument("--images", type=int, default=1024)
     ap.add_argument("--batch-size", type=int, default=128)
     ap.add_argument("--rounds", type=int, default=5)
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--out", default=str(ROOT / "experiments" / "results" / "profile_cost.json"))
     args = ap.parse_args()
-    torch.set_num_threads(args.threads)
+    apply_threads(args)
 
     lm = load_model("mobilenet_v2", weights=args.weights)
     calib = load_images(args.data, split="train", limit=args.images).with_normalize(lm.normalize)
@@ -72,8 +63,7 @@ def main() -> None:
         "median_ratio_profile_with_isolated": statistics.median(r["ratio_profile_with_isolated"] for r in rows),
         "rounds_detail": rows,
     }
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(summary, indent=2) + "\n")
+    save_result(args.out, summary)
     print(json.dumps({k: v for k, v in summary.items() if k != "rounds_detail"}, indent=2))
 
 

@@ -9,28 +9,22 @@ the full test split; % parameters retrained, quantized model size, gap to FP32, 
 
 from __future__ import annotations
 
-import argparse
 import json
 import time
 from dataclasses import replace
 from datetime import date
 from pathlib import Path
 
-import torch
+from _common import apply_threads, reference_parser, save_result
 
 from autoselect import accuracy, load_images, load_model
 from autoselect.plans import builtin_plan, builtin_plans
 from autoselect.quant.apply import apply_plan, quantized_size_bytes, retrained_fraction
 from autoselect.train import QATConfig, train_qat
 
-ROOT = Path(__file__).resolve().parents[1]
-SHARED = ROOT.parent / "shared"
-
 
 def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--weights", default=str(SHARED / "fixtures" / "mobilenet_v2_cifar10_fp32.pt"))
-    ap.add_argument("--data", default=str(SHARED / "datasets" / "cifar10"))
+    ap = reference_parser(__doc__, "seed_table.json")
     ap.add_argument("--target", default="generic-pt")
     ap.add_argument("--weight-bits", type=int, default=4)
     ap.add_argument("--steps", type=int, default=200)
@@ -38,10 +32,10 @@ def main() -> None:
     ap.add_argument("--lr", type=float, default=0.01)
     ap.add_argument("--train-images", type=int, default=None, help="default: the whole train split")
     ap.add_argument("--plans", nargs="*", default=None)
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--out", default=str(ROOT / "experiments" / "results" / "seed_table.json"))
+    ap.add_argument("--export", action="store_true", help="also export each trained plan and run it in onnxruntime")
+    ap.add_argument("--work", default="/tmp/autoselect-seed-table")
     args = ap.parse_args()
-    torch.set_num_threads(args.threads)
+    apply_threads(args)
 
     lm = load_model("mobilenet_v2", weights=args.weights)
     train = load_images(args.data, split="train", limit=args.train_images).with_normalize(lm.normalize)
@@ -63,13 +57,20 @@ def main() -> None:
         row = {"plan": name, "retrained_pct": 100 * retrained_fraction(q), "size_mb": quantized_size_bytes(q) / 1e6,
                "ptq_top1": ptq, "int8_top1": res.top1, "gap_to_fp32": fp32 - res.top1, "train_s": secs,
                "steps_per_s": args.steps / secs}
+        if args.export:
+            from autoselect.export import export, ort_accuracy
+
+            q.cpu()
+            res_x = export(q, calib.batches(128), Path(args.work) / name)
+            row["exported_top1"] = ort_accuracy(res_x.int8_path, test.batches(500))
+            row["sim_minus_exported"] = row["int8_top1"] - row["exported_top1"]
+            row["onnx_int8_mb"] = res_x.int8_bytes / 1e6
         rows.append(row)
         print(json.dumps({k: round(v, 3) if isinstance(v, float) else v for k, v in row.items()}), flush=True)
     out = {"date": date.today().isoformat(), "fp32_top1": fp32, "target": args.target,
            "weight_bits": args.weight_bits, "steps": args.steps, "batch_size": args.batch_size, "lr": args.lr,
            "train_images": len(train), "test_images": len(test), "rows": rows}
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(out, indent=2) + "\n")
+    save_result(args.out, out)
 
 
 if __name__ == "__main__":

@@ -23,7 +23,6 @@ import time
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-import pandas as pd
 import torch
 import torch.nn as nn
 from tqdm.auto import tqdm

@@ -1,0 +1,36 @@
+"""What every benchmark shares: where the reference checkpoint and data live, and their command-line options."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import torch
+
+from autoselect._io import atomic_path
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared"
+RESULTS = ROOT / "experiments" / "results"
+
+
+def reference_parser(doc: str | None, out_name: str) -> argparse.ArgumentParser:
+    """--weights/--data default to the shared reference MobileNetV2 and CIFAR-10 copy; --out to results/."""
+    ap = argparse.ArgumentParser(description=(doc or "").splitlines()[0] if doc else None)
+    ap.add_argument("--weights", default=str(SHARED / "fixtures" / "mobilenet_v2_cifar10_fp32.pt"))
+    ap.add_argument("--data", default=str(SHARED / "datasets" / "cifar10"))
+    ap.add_argument("--threads", type=int, default=2, help="torch intra-op threads")
+    ap.add_argument("--out", default=str(RESULTS / out_name))
+    return ap
+
+
+def apply_threads(args: argparse.Namespace) -> None:
+    torch.set_num_threads(args.threads)
+
+
+def save_result(path: str | Path, obj: object) -> Path:
+    """Write a result as indented JSON, atomically."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(obj, indent=2) + "\n")
+    return Path(path)
