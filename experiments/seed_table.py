@@ -32,6 +32,7 @@ def main() -> None:
     ap.add_argument("--lr", type=float, default=0.01)
     ap.add_argument("--train-images", type=int, default=None, help="default: the whole train split")
     ap.add_argument("--plans", nargs="*", default=None)
+    ap.add_argument("--act", choices=["sym", "asym"], help="override every plan's activation symmetry")
     ap.add_argument("--export", action="store_true", help="also export each trained plan and run it in onnxruntime")
     ap.add_argument("--work", default="/tmp/autoselect-seed-table")
     args = ap.parse_args()
@@ -46,7 +47,8 @@ def main() -> None:
     rows = []
     for name in args.plans or builtin_plans():
         plan = builtin_plan(name)
-        layers = {k: replace(a, weight_bits=args.weight_bits) if a.kind != "fp32" else a for k, a in plan.layers.items()}
+        layers = {k: replace(a, weight_bits=args.weight_bits, act=args.act or a.act) if a.kind != "fp32" else a
+                  for k, a in plan.layers.items()}
         plan = replace(plan, layers=layers, target=args.target)
         q = apply_plan(lm.model, plan, calib.batches(128))
         ptq = accuracy(q, test.batches(500))

@@ -47,18 +47,18 @@ def test_deploy_model_is_the_folded_float_model_with_smoothing_explicit():
     assert type(deployed.get_submodule("blocks.0.conv.3")).__name__ == "SmoothedLayer"
 
 
-@pytest.mark.parametrize("target", ["x86", "qnnpack"])
-def test_int8_onnx_matches_simulation(tmp_path, target):
+@pytest.mark.parametrize("target, act", [("x86", None), ("x86", "asym"), ("qnnpack", None), ("qnnpack", "sym")])
+def test_int8_onnx_matches_simulation(tmp_path, target, act):
     data = _data()
-    plan = Plan(layers={"role:depthwise": LayerAction(kind="qat", act="asym"), "head": LayerAction(kind="fp32"),
-                        "_default": LayerAction()}, target=target)
+    plan = Plan(layers={"role:depthwise": LayerAction(kind="qat", act=act), "head": LayerAction(kind="fp32"),
+                        "_default": LayerAction(act=act)}, target=target)
     q = apply_plan(_model(data), plan, data)
     res = export(q, data, tmp_path, target=target)
     assert res.fp32_layers == ["head"] and res.quantized_layers == 10
     import onnx
 
     graph = onnx.load(str(res.int8_path)).graph
-    int8_weights = [i.name for i in graph.initializer if i.data_type == onnx.TensorProto.INT8 and i.dims[0] > 1]
+    int8_weights = [i.name for i in graph.initializer if i.data_type == onnx.TensorProto.INT8 and len(i.dims) == 4]
     assert len(int8_weights) >= 10  # every quantized conv's weight is stored as int8
     assert sum(n.op_type == "QuantizeLinear" for n in graph.node) >= 10
     x = torch.cat([b[0] for b in data])

@@ -61,6 +61,8 @@ def test_plan_checked_against_model_and_target(tiny, batches):
             apply_plan(tiny, Plan(layers=layers), batches)
     with pytest.raises(AutoselectError, match="asymmetric activations cannot run on target tensorrt"):
         apply_plan(tiny, Plan(layers={"_default": LayerAction(kind="qat", act="asym")}, target="tensorrt"), batches)
+    with pytest.raises(AutoselectError, match="symmetric \\(signed\\) activations cannot run faithfully on target x86"):
+        apply_plan(tiny, Plan(layers={"_default": LayerAction(act="sym")}, target="x86"), batches)
     with pytest.raises(AutoselectError, match="4-bit weights cannot run on target x86"):
         apply_plan(tiny, Plan(layers={"_default": LayerAction(weight_bits=4)}, target="x86"), batches)
 

@@ -27,7 +27,7 @@ from autoselect._io import atomic_path
 from autoselect.data.batches import split_batch
 from autoselect.errors import AutoselectError
 from autoselect.export.deploy import deploy_model
-from autoselect.quant.simulate import quant_layers
+from autoselect.quant.simulate import fuses_activations, quant_layers
 from autoselect.quant.targets import get_target
 
 __all__ = ["ExportResult", "export_fp32_onnx", "export"]
@@ -166,6 +166,8 @@ def export(
             weight_type=QuantType.QInt8, nodes_to_exclude=exclude,
             extra_options={"WeightSymmetric": tgt.weight_symmetric, "ActivationSymmetric": tgt.act_symmetric,
                            "TensorQuantOverrides": overrides, "QDQDisableWeightAdjustForInt32Bias": True,
+                           # a signed activation grid cannot absorb ReLU/ReLU6: keep the Clip (as simulated)
+                           "QDQKeepRemovableActivations": not fuses_activations(ql.spec for ql in layers.values()),
                            "DedicatedQDQPair": True},
         )
     return ExportResult(fp32_path=fp32_path, int8_path=int8_path, fp32_bytes=fp32_path.stat().st_size,

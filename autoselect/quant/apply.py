@@ -33,6 +33,9 @@ def _check(path: str, action: LayerAction, target: Target) -> None:
     if action.act == "asym" and target.act_symmetric:
         raise AutoselectError(f"layer {path}: asymmetric activations cannot run on target {target.name}, "
                               "whose integer kernels take symmetric activations only")
+    if action.act == "sym" and not target.signed_act_ok:
+        raise AutoselectError(f"layer {path}: symmetric (signed) activations cannot run faithfully on target "
+                              f"{target.name}: its kernels shift them to unsigned, undoing the 7-bit saturation guard")
 
 
 def _spec(action: LayerAction, target: Target, observers: dict[str, str]) -> QuantSpec | None:

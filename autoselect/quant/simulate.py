@@ -25,7 +25,8 @@ from autoselect.quant.bn_fold import fold_batchnorm, set_submodule
 from autoselect.quant.layer import MODES, QuantLayer
 from autoselect.quant.spec import QuantSpec, resolve_specs
 
-__all__ = ["quantize_model", "quant_layers", "set_mode", "calibrate", "remove_shared_input_hooks"]
+__all__ = ["quantize_model", "quant_layers", "set_mode", "calibrate", "fuses_activations",
+           "remove_shared_input_hooks"]
 
 
 def quantize_model(
@@ -51,7 +52,9 @@ def quantize_model(
     qmodel = copy.deepcopy(model).eval()
     if fold_bn:
         fold_batchnorm(qmodel, graph.bn_pairs())
-    resolved = {p: _fused_output(s, graph[p].activation) for p, s in resolve_specs(graph.paths, specs).items()}
+    resolved = resolve_specs(graph.paths, specs)
+    if fuses_activations(resolved.values()):
+        resolved = {p: _fused_output(s, graph[p].activation) for p, s in resolved.items()}
     for i, path in enumerate(graph.paths):
         layer = qmodel.get_submodule(path)
         assert isinstance(layer, (nn.Conv2d, nn.Linear))
@@ -66,6 +69,13 @@ def quantize_model(
 
 
 CLAMPING = ("ReLU", "ReLU6", "Hardtanh")
+
+
+def fuses_activations(specs: Iterable[QuantSpec | None]) -> bool:
+    """Whether ReLU/ReLU6 can be folded into requantization: only onto unsigned (asymmetric) grids, whose zero
+    point can sit at the bottom of the range. A signed grid keeps negative values, so the clamp must stay an op
+    (and every layer then gets its own output grid). The export makes the same choice."""
+    return all(s is None or s.act is None or not s.act.symmetric for s in specs)
 
 
 def _fused_output(spec: QuantSpec | None, activation: str | None) -> QuantSpec | None:

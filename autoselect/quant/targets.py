@@ -6,7 +6,9 @@ power-of-two scales, bit-widths. :meth:`Target.spec` builds the matching :class:
 ``x86`` (FBGEMM) uses 7-bit activations (``reduce_range``): on CPUs without VNNI, the int8 kernels add pairs of
 uint8 x int8 products in 16 bits, which saturates with full 8-bit activations (the reference checkpoint fell from
 79.71% simulated to 50.96% on real kernels; 7-bit activations gave 79.73%). Simulating the 7-bit range keeps the
-simulation honest about what runs.
+simulation honest about what runs. For the same reason ``x86`` refuses symmetric (signed) activations: the kernels
+shift signed values into the unsigned range, which undoes the 7-bit guard (measured: the fused integer model then
+strays 10x further from the simulation than the unfused QDQ graph does).
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ class Target:
     act_bits: int = 8
     weight_bits: tuple[int, ...] = (8,)
     runs_here: bool = False  # integer kernels for it exist on this kind of CPU (via onnxruntime)
+    signed_act_ok: bool = True  # whether a plan may ask for symmetric (signed) activations
 
     def spec(self, *, weight_bits: int | None = None, weight_observer: str = "minmax",
              act_observer: str = "minmax", per_channel: bool | None = None) -> QuantSpec:
@@ -61,7 +64,8 @@ TARGETS: dict[str, Target] = {
         Target(name="generic-pt", description="simulation: W sym per-tensor, A asym per-tensor, 4-8-bit weights",
                weight_per_channel=False, weight_symmetric=True, act_symmetric=False, weight_bits=(4, 5, 6, 7, 8)),
         Target(name="x86", description="FBGEMM/x86: W sym per-channel, A asym per-tensor, 7-bit activations",
-               weight_per_channel=True, weight_symmetric=True, act_symmetric=False, act_bits=7, runs_here=True),
+               weight_per_channel=True, weight_symmetric=True, act_symmetric=False, act_bits=7, runs_here=True,
+               signed_act_ok=False),
         Target(name="qnnpack", description="QNNPACK/XNNPACK (ARM): W sym per-channel, A asym per-tensor",
                weight_per_channel=True, weight_symmetric=True, act_symmetric=False, runs_here=True),
         Target(name="tensorrt", description="TensorRT: W sym per-channel, A sym per-tensor",
