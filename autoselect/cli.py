@@ -163,6 +163,7 @@ def _cmd_baseline(args: argparse.Namespace) -> int:
 
 def _cmd_ptq(args: argparse.Namespace) -> int:
     from autoselect.ptq import evaluate_ptq
+    from autoselect.quant.targets import get_target
 
     device = _device(args)
     schemes = {"per_tensor": _spec(args, per_channel=False), "per_channel": _spec(args, per_channel=True)}
@@ -170,7 +171,7 @@ def _cmd_ptq(args: argparse.Namespace) -> int:
     assert prep.train is not None and prep.test is not None
     res = evaluate_ptq(prep.loaded.model, prep.train.batches(args.batch_size, device=device),
                        prep.test.batches(args.batch_size, device=device), schemes, device=device,
-                       progress=not args.quiet)
+                       progress=not args.quiet, integer_graph=get_target(args.target).runs_here)
     print(f"{args.model} on {len(prep.test)} {args.data} test images; calibration: {len(prep.train)} train images")
     for name, spec in [("fp32", None), *schemes.items()]:
         label = "FP32" if spec is None else f"{name.replace('_', '-')}: {spec.describe()}"

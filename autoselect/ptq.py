@@ -24,12 +24,17 @@ def evaluate_ptq(
     graph: LayerGraph | None = None,
     device: torch.device | str = "cpu",
     progress: bool = False,
+    integer_graph: bool = False,
 ) -> dict[str, float]:
-    """Top-1 (%) of the FP32 model and of each named PTQ scheme (BN folded, calibrated on ``calibration``)."""
+    """Top-1 (%) of the FP32 model and of each named PTQ scheme (BN folded, calibrated on ``calibration``).
+
+    ``integer_graph`` simulates tensors shared by several ops as integer runtimes hold them (see
+    :func:`autoselect.quant.quantize_model`); the CLI sets it for targets that run here, as ``apply_plan`` does.
+    """
     model = model.to(device).eval()
     results = {"fp32": accuracy(model, evaluation, device=device, progress=progress, desc="fp32")}
     for name, spec in schemes.items():
-        qmodel = quantize_model(model, spec, graph=graph)
+        qmodel = quantize_model(model, spec, graph=graph, integer_graph=integer_graph)
         calibrate(qmodel, calibration, device=device, progress=progress)
         results[name] = accuracy(qmodel, evaluation, device=device, progress=progress, desc=name)
     return results
