@@ -88,3 +88,15 @@ def test_export_refuses_what_cannot_run(tmp_path):
     with pytest.raises(AutoselectError, match="4-bit weights; x86 runs 8-bit only"):
         export(q4, data, tmp_path, target="x86")
     assert quant_layers(q4)  # untouched
+
+
+def test_qoperator_format_writes_integer_ops(tmp_path):
+    import onnx
+
+    data = _data(n=2)
+    q = apply_plan(_model(data), Plan(layers={"_default": LayerAction()}, target="x86"), data)
+    res = export(q, data, tmp_path, quant_format="qoperator")
+    ops = {n.op_type for n in onnx.load(str(res.int8_path)).graph.node}
+    assert "QLinearConv" in ops and "DequantizeLinear" in ops
+    with pytest.raises(AutoselectError, match="quant_format"):
+        export(q, data, tmp_path, quant_format="tflite")

@@ -118,8 +118,15 @@ def export(
     target: str | None = None,
     input_shape: tuple[int, ...] = (1, 3, 32, 32),
     calibration_images: int | None = 1024,
+    quant_format: str = "qdq",
 ) -> ExportResult:
-    """Write ``model_fp32.onnx`` and ``model_int8.onnx`` (QDQ) to ``out_dir``; returns paths and sizes."""
+    """Write ``model_fp32.onnx`` and ``model_int8.onnx`` to ``out_dir``; returns paths and sizes.
+
+    ``quant_format``: ``"qdq"`` (QuantizeLinear/DequantizeLinear pairs, fused by onnxruntime when the session is
+    created) or ``"qoperator"`` (QLinearConv etc. written out directly).
+    """
+    if quant_format not in ("qdq", "qoperator"):
+        raise AutoselectError(f"quant_format must be 'qdq' or 'qoperator', got {quant_format!r}")
     from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
 
     plan = getattr(qmodel, "autoselect_plan", None)
@@ -160,7 +167,8 @@ def export(
     with atomic_path(int8_path) as tmp:
         quantize_static(
             str(fp32_path), str(tmp), _Reader(calibration, calibration_images),
-            quant_format=QuantFormat.QDQ, op_types_to_quantize=["Conv", "Gemm", "Clip", "Relu"],
+            quant_format=QuantFormat.QDQ if quant_format == "qdq" else QuantFormat.QOperator,
+            op_types_to_quantize=["Conv", "Gemm", "Clip", "Relu"],
             per_channel=tgt.weight_per_channel, reduce_range=False,
             activation_type=QuantType.QInt8 if tgt.act_symmetric else QuantType.QUInt8,
             weight_type=QuantType.QInt8, nodes_to_exclude=exclude,
