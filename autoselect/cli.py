@@ -15,9 +15,12 @@ from autoselect.errors import AutoselectError
 
 __all__ = ["main", "run"]
 
+DEFAULT_MODEL = "mobilenet_v2"
+
 
 def _common(p: argparse.ArgumentParser, *, data_default: str = "digits") -> None:
-    p.add_argument("--model", default="mobilenet_v2", help="torchvision name, registered name, or pkg.module:factory")
+    p.add_argument("--model", help="torchvision name, registered name, or pkg.module:factory (default: the plan's "
+                                  "model for train/export, else mobilenet_v2)")
     p.add_argument("--weights", help="FP32 checkpoint (.pt); without it the model has random weights")
     p.add_argument("--num-classes", type=int, help="default: from the weights file, else from the data")
     p.add_argument("--input-size", type=int, help="square input size; default: from the weights file, else 32")
@@ -109,7 +112,7 @@ def _spec(args: argparse.Namespace, *, per_channel: bool | None = None):
 
 
 def _prepare(args: argparse.Namespace, **kw):
-    from autoselect.setup import prepare
+    from autoselect.prepare import prepare
 
     return prepare(args.model, weights=args.weights, data=args.data, num_classes=args.num_classes,
                    input_size=args.input_size, seed=args.seed, **kw)
@@ -217,13 +220,25 @@ def _cmd_plans(args: argparse.Namespace) -> int:
     return 0
 
 
-def _read_plan(spec: str):
+def _resolve_plan(args: argparse.Namespace):
+    """The plan of ``--plan`` (a file or a built-in name), with ``--target`` applied; sets ``args.model`` from
+    the plan when not given and refuses a ``--model`` the plan was not made for."""
+    from dataclasses import replace
+
     from autoselect.plan import load_plan
     from autoselect.plans import builtin_plan_path, builtin_plans
 
-    if spec in builtin_plans():
-        return load_plan(builtin_plan_path(spec)), spec
-    return load_plan(spec), Path(spec).stem
+    if args.plan in builtin_plans():
+        plan, name = load_plan(builtin_plan_path(args.plan)), args.plan
+    else:
+        plan, name = load_plan(args.plan), Path(args.plan).stem
+    if args.target:
+        plan = replace(plan, target=args.target)
+    planned = plan.model.name if plan.model is not None else None
+    args.model = args.model or planned or DEFAULT_MODEL
+    if planned is not None and planned != args.model:
+        raise AutoselectError(f"plan {args.plan} is for model {planned!r}, not {args.model!r}")
+    return plan, name
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
@@ -231,16 +246,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     from autoselect.quant.apply import apply_plan, retrained_fraction
     from autoselect.train import QATConfig, train_qat
 
-    from dataclasses import replace
-
-    plan, plan_name = _read_plan(args.plan)
-    if args.target:
-        plan = replace(plan, target=args.target)
-    if plan.model is not None:
-        if args.model == "mobilenet_v2" and plan.model.name != args.model:  # --model left at its default
-            args.model = plan.model.name
-        if plan.model.name != args.model:
-            raise AutoselectError(f"plan {args.plan} is for model {plan.model.name!r}, not {args.model!r}")
+    plan, plan_name = _resolve_plan(args)
     device = _device(args)
     out = Path(args.out or f"runs/train-{plan_name}")
     cfg = QATConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr, warmup_steps=args.warmup_steps,
@@ -275,19 +281,13 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
-    from dataclasses import replace
-
     import torch
 
     from autoselect.evaluate import accuracy
     from autoselect.export import export, ort_accuracy, ort_latency_ms
     from autoselect.quant.apply import apply_plan
 
-    plan, plan_name = _read_plan(args.plan)
-    if args.target:
-        plan = replace(plan, target=args.target)
-    if plan.model is not None and args.model == "mobilenet_v2":
-        args.model = plan.model.name
+    plan, plan_name = _resolve_plan(args)
     device = _device(args)
     prep = _prepare(args, train_images=args.calib_images, test_images=args.eval_images)
     assert prep.train is not None and prep.test is not None
@@ -350,6 +350,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = parser.parse_args(argv)
     except SystemExit as exc:  # argparse already printed its one-line usage error
         return int(exc.code or 0)
+    if getattr(args, "model", "") is None and args.command not in ("train", "export"):
+        args.model = DEFAULT_MODEL  # train/export take it from the plan
     try:
         return _COMMANDS[args.command](args)
     except AutoselectError as exc:

@@ -140,3 +140,11 @@ def test_train_then_export_for_x86(tmp_path, capsys):
     assert main(["export", *common, "--target", "qnnpack", "--checkpoint", str(run / "qat.pt"),
                  "--out", str(out)]) == 2
     assert "trained for target 'x86', not 'qnnpack'" in capsys.readouterr().err
+
+
+def test_explicit_model_that_the_plan_was_not_made_for_is_refused(tmp_path, capsys):
+    # --model mobilenet_v2 given explicitly is not "left at its default": a ResNet plan must refuse it
+    plan = tmp_path / "resnet_plan.json"
+    plan.write_text('{"version": 1, "model": {"name": "resnet18"}, "layers": {"_default": "qat_asym"}}')
+    assert main(["train", "--plan", str(plan), "--model", "mobilenet_v2", "--quiet"]) == 2
+    assert "is for model 'resnet18', not 'mobilenet_v2'" in capsys.readouterr().err
