@@ -281,11 +281,10 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
-    import torch
-
     from autoselect.evaluate import accuracy
     from autoselect.export import export, ort_accuracy, ort_latency_ms
     from autoselect.quant.apply import apply_plan
+    from autoselect.train.qat import load_qat_checkpoint
 
     plan, plan_name = _resolve_plan(args)
     device = _device(args)
@@ -295,22 +294,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
     qmodel = apply_plan(prep.loaded.model, plan, prep.train.batches(args.batch_size, device=device),
                         input_shape=(1, 3, size, size), device=device)
     if args.checkpoint:
-        try:
-            ck = torch.load(args.checkpoint, map_location="cpu", weights_only=True)
-        except FileNotFoundError:
-            raise AutoselectError(f"checkpoint not found: {args.checkpoint}") from None
-        except Exception as exc:  # noqa: BLE001
-            raise AutoselectError(f"cannot read checkpoint {args.checkpoint}: {str(exc).splitlines()[0]}") from None
-        if not isinstance(ck, dict) or ck.get("kind") != "autoselect-qat":
-            raise AutoselectError(f"{args.checkpoint} is not an autoselect QAT checkpoint")
-        if ck.get("target") != plan.target:
-            raise AutoselectError(f"checkpoint {args.checkpoint} was trained for target {ck.get('target')!r}, not "
-                                  f"{plan.target!r}: train with --target {plan.target} to export for it")
-        try:
-            qmodel.load_state_dict(ck["model"])
-        except (KeyError, RuntimeError) as exc:
-            detail = " ".join(str(exc).split())[:240]
-            raise AutoselectError(f"checkpoint {args.checkpoint} does not fit this plan/model: {detail}") from None
+        load_qat_checkpoint(args.checkpoint, qmodel, target=plan.target)
     qmodel.cpu()
     out = Path(args.out or f"runs/export-{plan_name}")
     res = export(qmodel, prep.train.batches(args.batch_size), out, input_shape=(1, 3, size, size))

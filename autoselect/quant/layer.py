@@ -88,13 +88,12 @@ class QuantLayer(nn.Module):
     def _shape(self, s: torch.Tensor, *, weight: bool) -> torch.Tensor:
         """View the per-input-channel smoothing scale against the weight or the activation."""
         layer = self.layer
-        if weight:
-            dim = 0 if isinstance(layer, nn.Conv2d) and layer.groups > 1 else 1
-            shape = [1] * layer.weight.dim()
+        if weight:  # depthwise: the input channel is the output channel (dim 0)
+            dim, rank = (0 if isinstance(layer, nn.Conv2d) and layer.groups > 1 else 1), layer.weight.dim()
         else:
-            dim, shape = 1, [1, -1, 1, 1] if isinstance(layer, nn.Conv2d) else [1, -1]
-        if weight:
-            shape[dim] = -1
+            dim, rank = 1, (4 if isinstance(layer, nn.Conv2d) else 2)
+        shape = [1] * rank
+        shape[dim] = -1
         return s.view(shape)
 
     def effective_weight(self) -> torch.Tensor:

@@ -7,7 +7,7 @@ Per-layer maps (:func:`resolve_specs`) are keyed by module path like plans: exac
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 from autoselect.errors import AutoselectError
 from autoselect.plan import resolve_keys
@@ -70,10 +70,6 @@ class QuantSpec:
         for t in (self.act, self.output):
             if t is not None and t.per_channel:
                 raise AutoselectError("per-channel activation quantization is not supported by any target")
-
-    def with_weight(self, **changes: object) -> QuantSpec:
-        assert self.weight is not None
-        return replace(self, weight=replace(self.weight, **changes))  # type: ignore[arg-type]
 
     def describe(self) -> str:
         w = self.weight.describe() if self.weight else "fp32"

@@ -25,7 +25,7 @@ from autoselect.data.batches import ImageSet
 from autoselect.errors import AutoselectError
 from autoselect.evaluate import accuracy
 
-__all__ = ["QATConfig", "QATResult", "train_qat"]
+__all__ = ["QATConfig", "QATResult", "load_qat_checkpoint", "train_qat"]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -82,20 +82,37 @@ def _save(path: str, qmodel: nn.Module, opt: torch.optim.Optimizer, step: int, h
                     "optimizer": opt.state_dict(), "history": history, "steps": cfg.steps, "seed": cfg.seed}, tmp)
 
 
-def _load(path: str, qmodel: nn.Module, opt: torch.optim.Optimizer, cfg: QATConfig) -> tuple[int, list]:
+def load_qat_checkpoint(path: str | Path, qmodel: nn.Module, *, target: str | None) -> dict[str, Any]:
+    """Read a checkpoint written by :func:`train_qat` into ``qmodel``; refuse one that is not ours, was trained
+    for another target (its activation grids would not fit), or does not fit the model. Returns the whole dict."""
     try:
         ck = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise AutoselectError(f"checkpoint not found: {path}") from None
     except Exception as exc:  # noqa: BLE001
         raise AutoselectError(f"cannot read QAT checkpoint {path}: {str(exc).splitlines()[0]}") from None
     if not isinstance(ck, dict) or ck.get("kind") != "autoselect-qat":
         raise AutoselectError(f"{path} is not an autoselect QAT checkpoint")
+    if ck.get("target") != target:
+        raise AutoselectError(f"checkpoint {path} was trained for target {ck.get('target')!r}, not {target!r}: "
+                              f"train with --target {target} to use it there")
+    try:
+        qmodel.load_state_dict(ck["model"])
+    except (KeyError, RuntimeError) as exc:
+        detail = " ".join(str(exc).split())[:240]
+        raise AutoselectError(f"checkpoint {path} does not fit this plan/model: {detail}") from None
+    return ck
+
+
+def _load(path: str, qmodel: nn.Module, opt: torch.optim.Optimizer, cfg: QATConfig) -> tuple[int, list]:
+    plan = getattr(qmodel, "autoselect_plan", None)
+    ck = load_qat_checkpoint(path, qmodel, target=plan.target if plan is not None else None)
     if ck.get("seed") != cfg.seed or ck.get("steps") != cfg.steps:
         raise AutoselectError(f"checkpoint {path} was trained with seed {ck.get('seed')} for {ck.get('steps')} steps; "
                               f"resume with the same settings (here: seed {cfg.seed}, {cfg.steps} steps)")
     try:
-        qmodel.load_state_dict(ck["model"])
         opt.load_state_dict(ck["optimizer"])
-    except (RuntimeError, ValueError) as exc:
+    except (KeyError, ValueError) as exc:
         raise AutoselectError(f"checkpoint {path} does not fit this plan/model: {str(exc).splitlines()[0]}") from None
     return int(ck["step"]), list(ck.get("history", []))
 
