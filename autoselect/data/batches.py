@@ -64,6 +64,15 @@ class ImageSet:
         idx = torch.randperm(len(self), generator=torch.Generator().manual_seed(seed))[:n].sort().values
         return replace(self, images=self.images[idx], labels=self.labels[idx])
 
+    def split(self, n: int, *, seed: int = 0) -> tuple[ImageSet, ImageSet]:
+        """A seeded random split into (the rest, ``n`` held-out images); disjoint."""
+        if not 0 < n < len(self):
+            raise ValueError(f"cannot hold out {n} of {len(self)} images")
+        idx = torch.randperm(len(self), generator=torch.Generator().manual_seed(seed))
+        held, rest = idx[:n].sort().values, idx[n:].sort().values
+        return (replace(self, images=self.images[rest], labels=self.labels[rest]),
+                replace(self, images=self.images[held], labels=self.labels[held]))
+
     def batches(self, batch_size: int = 128, *, device: torch.device | str = "cpu", shuffle: bool = False,
                 augment: bool = False, seed: int = 0) -> Batches:
         return Batches(self, batch_size, torch.device(device), shuffle, augment, seed)

@@ -11,6 +11,7 @@ trainable layer (nothing before it requires a gradient).
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -125,13 +126,16 @@ def train_qat(
     *,
     resume: bool = False,
     stop_at: int | None = None,
+    callback: Callable[[int], bool] | None = None,
     device: torch.device | str = "cpu",
     progress: bool = False,
 ) -> QATResult:
     """Train ``qmodel`` in place for ``config.steps`` steps; returns the simulated-INT8 top-1 on ``test``.
 
     ``stop_at`` ends this run after that global step (checkpoint written, schedule unchanged), for time-sliced
-    training; a later call with ``resume=True`` goes on from there.
+    training; a later call with ``resume=True`` goes on from there. ``callback(step)`` is called after every
+    optimizer step (the model is in train mode; it may evaluate and must leave it in train mode); when it returns
+    True, training stops there and ``top1`` is None (the search uses it to prune).
     """
     cfg = config or QATConfig()
     qmodel.to(device)
@@ -145,6 +149,7 @@ def train_qat(
     per_epoch = math.ceil(len(train) / cfg.batch_size)
     end = cfg.steps if stop_at is None else min(cfg.steps, stop_at)
     step = start
+    stopped = False
     bar = tqdm(total=cfg.steps, initial=start, desc="qat", disable=not progress)
     qmodel.train()
     while step < end:
@@ -168,10 +173,14 @@ def train_qat(
                 bar.set_postfix(loss=f"{loss.item():.3f}")
             if cfg.checkpoint and step % cfg.checkpoint_every == 0 and step < end:
                 _save(cfg.checkpoint, qmodel, opt, step, history, cfg)
+            if callback is not None and callback(step):
+                end = step
+                stopped = True
+                break
     bar.close()
     qmodel.eval()
     if cfg.checkpoint:
         _save(cfg.checkpoint, qmodel, opt, step, history, cfg)
-    done = step >= cfg.steps
+    done = step >= cfg.steps and not stopped
     top1 = accuracy(qmodel, test.batches(512, device=device), device=device) if test is not None and done else None
     return QATResult(steps=step, top1=top1, resumed_from=start, history=history)
