@@ -1,0 +1,162 @@
+"""One trial of the search: apply a plan, run the short QAT proxy, and measure the three objectives.
+
+The proxy: ``steps`` SGD steps of batch ``batch_size`` on the training images, the trainer's recipe (warm-up
+then cosine), simulated INT8 top-1 on held-out validation images (taken from the train split, never the test
+split). Every ``eval_every`` steps the validation top-1 is passed to ``report(step, top1, retrained, latency)``; when it returns True
+the trial is abandoned (:class:`Pruned`).
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+
+from autoselect.data.batches import ImageSet
+from autoselect.errors import AutoselectError
+from autoselect.evaluate import accuracy
+from autoselect.models.graph import LayerGraph
+from autoselect.plan import Plan
+from autoselect.quant.apply import apply_plan, plan_specs, retrained_fraction
+from autoselect.search.latency import LatencyModel
+from autoselect.train.qat import QATConfig, train_qat
+
+__all__ = ["Outcome", "ProxyBudget", "Pruned", "TrialEvaluator", "measure_export_latency"]
+
+
+class Pruned(Exception):
+    """Raised by :meth:`TrialEvaluator.evaluate` when ``report`` asks to stop; carries the last step."""
+
+    def __init__(self, step: int, top1: float) -> None:
+        super().__init__(f"pruned at step {step} (top-1 {top1:.2f}%)")
+        self.step, self.top1 = step, top1
+
+
+@dataclass(frozen=True, kw_only=True)
+class ProxyBudget:
+    steps: int = 60
+    batch_size: int = 64
+    lr: float = 0.01
+    warmup_steps: int = 5
+    eval_every: int = 20
+    calib_images: int = 256
+
+    def __post_init__(self) -> None:
+        if self.steps < 0 or self.batch_size < 1 or self.eval_every < 1 or self.calib_images < 1:
+            raise AutoselectError("proxy budget: steps >= 0, batch size, eval interval and calibration images >= 1")
+
+
+@dataclass
+class Outcome:
+    top1: float
+    retrained: float
+    latency: float
+    ptq_top1: float
+    steps: int
+    seconds: float
+    history: list[tuple[int, float]]
+
+
+class TrialEvaluator:
+    """Holds the FP32 model, its layer graph and the data; :meth:`evaluate` runs one plan."""
+
+    def __init__(self, model: nn.Module, graph: LayerGraph, train: ImageSet, val: ImageSet, budget: ProxyBudget,
+                 latency: LatencyModel, *, device: torch.device | str = "cpu", seed: int = 0) -> None:
+        self.model = model.eval()
+        self.graph = graph
+        self.train, self.val = train, val
+        self.budget = budget
+        self.latency = latency
+        self.device = device
+        self.seed = seed
+        self.calib = train.subset(budget.calib_images, seed=seed)
+
+    def val_top1(self, model: nn.Module) -> float:
+        return accuracy(model, self.val.batches(256, device=self.device), device=self.device)
+
+    def apply(self, plan: Plan) -> nn.Module:
+        return apply_plan(copy.deepcopy(self.model), plan, self.calib.batches(128, device=self.device),
+                          graph=self.graph, device=self.device)
+
+    def evaluate(self, plan: Plan, report: Callable[[int, float, float, float], bool] | None = None) -> Outcome:
+        t0 = time.perf_counter()
+        specs, _ = plan_specs(plan, self.graph)
+        latency = self.latency(specs)
+        torch.manual_seed(self.seed)
+        qmodel = self.apply(plan)
+        frac = retrained_fraction(qmodel)
+        ptq = self.val_top1(qmodel)
+        history = [(0, ptq)]
+        if report is not None and report(0, ptq, frac, latency):
+            raise Pruned(0, ptq)
+        b = self.budget
+        if frac == 0.0 or b.steps == 0:
+            return Outcome(top1=ptq, retrained=frac, latency=latency, ptq_top1=ptq, steps=0,
+                           seconds=time.perf_counter() - t0, history=history)
+        pruned: list[Pruned] = []
+
+        def callback(step: int) -> bool:
+            if step % b.eval_every or step >= b.steps:
+                return False
+            top1 = self.val_top1(qmodel)
+            qmodel.train()
+            history.append((step, top1))
+            if report is not None and report(step, top1, frac, latency):
+                pruned.append(Pruned(step, top1))
+                return True
+            return False
+
+        cfg = QATConfig(steps=b.steps, batch_size=b.batch_size, lr=b.lr, warmup_steps=min(b.warmup_steps, b.steps),
+                        seed=self.seed)
+        train_qat(qmodel, self.train, None, cfg, callback=callback, device=self.device)
+        if pruned:
+            raise pruned[0]
+        top1 = self.val_top1(qmodel)
+        history.append((b.steps, top1))
+        if report is not None:
+            report(b.steps, top1, frac, latency)
+        return Outcome(top1=top1, retrained=frac, latency=latency, ptq_top1=ptq, steps=b.steps,
+                       seconds=time.perf_counter() - t0, history=history)
+
+
+def measure_export_latency(model: nn.Module, graph: LayerGraph, calibration: Iterable, *, target: str,
+                           work_dir: str, runs: int = 100) -> Callable[[dict | None], float]:
+    """A ``measure(specs) -> ms`` for :class:`LatencyModel`: quantize ``model`` with ``specs`` (PTQ: latency does
+    not depend on the weights' values), export to ONNX QDQ and time it in onnxruntime at batch 1; ``specs=None``
+    times the FP32 model in onnxruntime."""
+    from pathlib import Path
+
+    from autoselect.export import export, ort_latency_ms
+    from autoselect.quant.simulate import calibrate, quantize_model
+
+    shape = tuple(graph.input_shape)
+
+    def measure(specs: dict | None) -> float:
+        import logging
+
+        root = logging.getLogger()
+        level = root.level
+        root.setLevel(logging.ERROR)  # onnxruntime.quantization's advice to pre-process, once per export
+        try:
+            return _measure(specs)
+        finally:
+            root.setLevel(level)
+
+    def _measure(specs: dict | None) -> float:
+        if specs is None:
+            from autoselect.export.onnx_export import export_fp32_onnx
+
+            path = export_fp32_onnx(model, Path(work_dir) / "reference_fp32.onnx", (1, *shape[1:]))
+            return ort_latency_ms(path, (1, *shape[1:]), runs=runs)
+        qmodel = quantize_model(copy.deepcopy(model), specs, graph=graph, integer_graph=True)
+        calibrate(qmodel, calibration)
+        res = export(qmodel.cpu(), calibration, Path(work_dir), target=target, input_shape=(1, *shape[1:]),
+                     calibration_images=128)
+        return ort_latency_ms(res.int8_path, (1, *shape[1:]), runs=runs)
+
+    return measure
+

@@ -1,0 +1,179 @@
+"""The local backend: an Optuna study with three objectives, stored in SQLite so that a killed search resumes.
+
+The backend sees parameters, plans and an evaluation callable, never a model: ``make_plan(params) -> Plan`` and
+``evaluate(plan, report) -> Outcome`` come from :mod:`autoselect.search.run`.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import optuna
+import pandas as pd
+from tqdm.auto import tqdm
+
+from autoselect.errors import AutoselectError
+from autoselect.search.objective import Outcome, Pruned
+from autoselect.search.pruning import Finished, ParetoPruner
+
+__all__ = ["SAMPLERS", "open_study", "run_optuna", "trials_frame"]
+
+SAMPLERS = ("tpe", "random", "nsga2")
+DIRECTIONS: list[Any] = ["maximize", "minimize", "minimize"]  # top-1, retrained fraction, latency
+
+
+def _sampler(name: str, seed: int, startup: int) -> optuna.samplers.BaseSampler:
+    if name == "tpe":
+        return optuna.samplers.TPESampler(seed=seed, n_startup_trials=startup, multivariate=True)
+    if name == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    if name == "nsga2":
+        return optuna.samplers.NSGAIISampler(seed=seed, population_size=max(4, startup))
+    raise AutoselectError(f"unknown sampler {name!r}; choose one of {', '.join(SAMPLERS)}")
+
+
+def open_study(storage_path: str | Path, *, resume: bool, sampler: str = "tpe", seed: int = 0, startup: int = 8,
+               study_name: str = "autoselect") -> optuna.Study:
+    """Create the study in ``storage_path`` (SQLite), or reopen it with ``resume``. A fresh search refuses a
+    file that already holds trials; a resumed one marks trials a killed run left RUNNING as failed and queues
+    their parameters again."""
+    path = Path(storage_path)
+    exists = path.is_file()
+    if resume and not exists:
+        raise AutoselectError(f"nothing to resume: {path} does not exist")
+    url = f"sqlite:///{path.resolve()}"
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    if exists and not resume:
+        try:
+            old = optuna.load_study(study_name=study_name, storage=url)
+            n = len(old.trials)
+        except KeyError:
+            n = 0
+        if n:
+            raise AutoselectError(f"{path} already holds a study with {n} trials: pass --resume to continue it, "
+                                  "or choose another --out")
+    study = optuna.create_study(study_name=study_name, storage=url, directions=DIRECTIONS, load_if_exists=True,
+                                sampler=_sampler(sampler, seed, startup))
+    if resume:
+        for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
+            study._storage.set_trial_state_values(t._trial_id, optuna.trial.TrialState.FAIL)
+            study.enqueue_trial(t.params, user_attrs={"retry_of": t.number})
+    return study
+
+
+def _finished(study: optuna.Study) -> list[Finished]:
+    out = []
+    for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)):
+        hist = {int(k): float(v) for k, v in t.user_attrs.get("history", {}).items()}
+        out.append(Finished(retrained=t.values[1], latency=t.values[2], history=hist))
+    return out
+
+
+def run_optuna(
+    study: optuna.Study,
+    *,
+    parameters: Mapping[str, Sequence[Any]],
+    make_plan: Callable[[Mapping[str, Any]], Any],
+    evaluate: Callable[[Any, Callable[[int, float, float, float], bool]], Outcome],
+    n_trials: int,
+    warm_start: Sequence[Mapping[str, Any]] = (),
+    pruner: ParetoPruner | None = None,
+    progress: bool = True,
+    describe: Callable[[optuna.Study], str] | None = None,
+) -> int:
+    """Run trials until the study holds ``n_trials`` finished (complete or pruned) ones; returns how many ran now.
+
+    ``warm_start`` parameter sets are queued first (on a fresh study only). A trial whose parameters repeat a
+    completed one reuses its values instead of training again.
+    """
+    pruner = pruner or ParetoPruner()
+    done_states = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
+    if not study.trials:
+        for params in list(warm_start)[:n_trials]:
+            study.enqueue_trial(dict(params), user_attrs={"source": "prior"}, skip_if_exists=True)
+    finished = len(study.get_trials(deepcopy=False, states=done_states))
+    remaining = max(0, n_trials - finished)
+
+    def objective(trial: optuna.Trial) -> tuple[float, float, float]:
+        params = {name: trial.suggest_categorical(name, list(choices)) for name, choices in parameters.items()}
+        key = json.dumps(params, sort_keys=True)
+        for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)):
+            if t.user_attrs.get("key") == key:
+                trial.set_user_attr("key", key)
+                trial.set_user_attr("duplicate_of", t.number)
+                for k in ("history", "ptq_top1", "steps"):
+                    if k in t.user_attrs:
+                        trial.set_user_attr(k, t.user_attrs[k])
+                trial.set_user_attr("seconds", 0.0)
+                return t.values[0], t.values[1], t.values[2]
+        plan = make_plan(params)
+        history: dict[str, float] = {}
+
+        def report(step: int, top1: float, retrained: float, latency: float) -> bool:
+            history[str(step)] = top1
+            trial.set_user_attr("history", history)
+            trial.set_user_attr("retrained", retrained)
+            trial.set_user_attr("latency", latency)
+            return pruner.should_prune(step, top1, retrained, latency, _finished(study))
+
+        try:
+            out = evaluate(plan, report)
+        except Pruned as p:
+            trial.set_user_attr("pruned_at", p.step)
+            raise optuna.TrialPruned(str(p)) from None
+        trial.set_user_attr("key", key)
+        trial.set_user_attr("ptq_top1", out.ptq_top1)
+        trial.set_user_attr("seconds", out.seconds)
+        trial.set_user_attr("steps", out.steps)
+        return out.top1, out.retrained, out.latency
+
+    bar = tqdm(total=n_trials, initial=finished, desc="search", unit="trial", disable=not progress)
+
+    def on_trial(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        bar.update(1)
+        if trial.state == optuna.trial.TrialState.COMPLETE:
+            v = trial.values
+            line = f"trial {trial.number}: top-1 {v[0]:.2f}%  retrained {100 * v[1]:.1f}%  latency {v[2]:.4g}"
+            if "duplicate_of" in trial.user_attrs:
+                line += f"  (same plan as trial {trial.user_attrs['duplicate_of']})"
+        else:
+            hist = trial.user_attrs.get("history", {})
+            last = max(hist, key=int) if hist else None
+            line = f"trial {trial.number}: {trial.state.name.lower()}"
+            if last is not None:
+                line += f" at step {last} (top-1 {hist[last]:.2f}%)"
+        if progress:
+            bar.write(line)
+            if describe is not None:
+                bar.set_postfix_str(describe(study))
+    try:
+        study.optimize(objective, n_trials=remaining, callbacks=[on_trial], gc_after_trial=False)
+    finally:
+        bar.close()
+    return remaining
+
+
+def trials_frame(study: optuna.Study) -> pd.DataFrame:
+    """Every trial: number, state, the three objectives (the last reported top-1 for pruned ones), timing,
+    and its parameters as JSON."""
+    rows = []
+    for t in study.get_trials(deepcopy=False):
+        if t.state == optuna.trial.TrialState.WAITING:
+            continue
+        hist = t.user_attrs.get("history", {})
+        if t.state == optuna.trial.TrialState.COMPLETE:
+            top1, retrained, latency = t.values
+        elif t.state == optuna.trial.TrialState.PRUNED and hist:
+            top1 = hist[max(hist, key=int)]
+            retrained, latency = t.user_attrs.get("retrained"), t.user_attrs.get("latency")
+        else:
+            top1 = retrained = latency = None
+        rows.append({"trial": t.number, "state": t.state.name.lower(), "top1": top1, "retrained": retrained,
+                     "latency": latency, "ptq_top1": t.user_attrs.get("ptq_top1"),
+                     "seconds": t.user_attrs.get("seconds"), "source": t.user_attrs.get("source", "sampler"),
+                     "duplicate_of": t.user_attrs.get("duplicate_of"), "params": json.dumps(t.params, sort_keys=True)})
+    return pd.DataFrame(rows, columns=["trial", "state", "top1", "retrained", "latency", "ptq_top1", "seconds",
+                                       "source", "duplicate_of", "params"])

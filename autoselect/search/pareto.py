@@ -1,0 +1,101 @@
+"""Pareto fronts over (top-1 up, retrained fraction down, latency down), hypervolume, and picking one plan.
+
+Pure numpy/pandas: no torch, no optuna.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from autoselect.errors import AutoselectError
+
+__all__ = ["Constraints", "choose", "hypervolume", "pareto_mask"]
+
+OBJECTIVES = ("top1", "retrained", "latency")
+
+
+def _as_min(df: pd.DataFrame) -> np.ndarray:
+    """Objectives as columns to minimise."""
+    return np.stack([-df["top1"].to_numpy(float), df["retrained"].to_numpy(float), df["latency"].to_numpy(float)], 1)
+
+
+def pareto_mask(df: pd.DataFrame) -> np.ndarray:
+    """True for rows no other row dominates (at least as good in all three objectives, better in one)."""
+    pts = _as_min(df)
+    mask = np.ones(len(pts), dtype=bool)
+    for i, p in enumerate(pts):
+        dominated = np.all(pts <= p, axis=1) & np.any(pts < p, axis=1)
+        mask[i] = not dominated.any()
+    return mask
+
+
+def hypervolume(df: pd.DataFrame, *, ref_top1: float, ref_latency: float) -> float:
+    """The volume dominated by the rows, bounded by (``ref_top1``, all parameters retrained, ``ref_latency``).
+
+    Units: top-1 points x retrained fraction x latency units. Rows worse than the reference in any objective add
+    nothing. Exact: the region is sliced along latency, each slice a 2-D staircase.
+    """
+    pts = _as_min(df)
+    ref = np.array([-ref_top1, 1.0, ref_latency])
+    pts = pts[np.all(pts < ref, axis=1)]
+    if len(pts) == 0:
+        return 0.0
+    lats = np.unique(np.append(pts[:, 2], ref[2]))
+    volume = 0.0
+    for lo, hi in zip(lats[:-1], lats[1:]):
+        layer = pts[pts[:, 2] <= lo][:, :2]
+        volume += _area(layer, ref[:2]) * (hi - lo)
+    return float(volume)
+
+
+def _area(pts: np.ndarray, ref: np.ndarray) -> float:
+    if len(pts) == 0:
+        return 0.0
+    pts = pts[np.argsort(pts[:, 0])]
+    area, best_y = 0.0, ref[1]
+    for i, (x, y) in enumerate(pts):
+        if y < best_y:
+            area += (ref[0] - x) * (best_y - y)
+            best_y = y
+    return float(area)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Constraints:
+    """Limits on the emitted plan. ``max_accuracy_drop``: points of top-1 below the FP32 model on the same
+    validation images; ``max_retrained``: a fraction; ``max_latency``: in the study's latency unit.
+    ``tolerance``: among feasible trials within this many points of the best, the one retraining least wins."""
+
+    max_accuracy_drop: float | None = None
+    max_retrained: float | None = None
+    max_latency: float | None = None
+    tolerance: float = 0.5
+
+    def feasible(self, df: pd.DataFrame, fp32_top1: float) -> np.ndarray:
+        ok = np.ones(len(df), dtype=bool)
+        if self.max_accuracy_drop is not None:
+            ok &= df["top1"].to_numpy(float) >= fp32_top1 - self.max_accuracy_drop
+        if self.max_retrained is not None:
+            ok &= df["retrained"].to_numpy(float) <= self.max_retrained
+        if self.max_latency is not None:
+            ok &= df["latency"].to_numpy(float) <= self.max_latency
+        return ok
+
+
+def choose(df: pd.DataFrame, constraints: Constraints, *, fp32_top1: float) -> pd.Series:
+    """The trial to emit: feasible; within ``tolerance`` of the best feasible top-1; then fewest parameters
+    retrained, lowest latency, highest top-1. Raises when no finished trial satisfies the constraints."""
+    if df.empty:
+        raise AutoselectError("no trial finished: nothing to choose from")
+    feasible = df[constraints.feasible(df, fp32_top1)]
+    if feasible.empty:
+        best = df.sort_values("top1", ascending=False).iloc[0]
+        raise AutoselectError(
+            f"no finished trial meets the constraints (best top-1 {best['top1']:.2f}% with "
+            f"{100 * best['retrained']:.1f}% retrained, latency {best['latency']:.4g}); relax them or run more trials")
+    near = feasible[feasible["top1"] >= feasible["top1"].max() - constraints.tolerance]
+    order = near.assign(_neg=-near["top1"]).sort_values(["retrained", "latency", "_neg"], kind="stable")
+    return order.drop(columns="_neg").iloc[0]

@@ -1,0 +1,266 @@
+"""``search()``: profile → space → prior → study → Pareto front → chosen plan. The wiring behind
+``autoselect search``; each stage lives in its own module.
+
+Outputs in ``out``: ``study.db`` (Optuna SQLite; opens in optuna-dashboard), ``profile/`` (the sensitivity report,
+reused on ``--resume``), ``latency_cache.json``, ``trials.csv``, ``pareto.csv``, ``pareto.png``, ``plan.json``
+(the chosen plan), ``plans/trial_N.json`` (every plan on the front) and ``summary.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from autoselect._io import atomic_path
+from autoselect.errors import AutoselectError
+from autoselect.search.latency import LatencyModel
+from autoselect.search.objective import ProxyBudget, TrialEvaluator, measure_export_latency
+from autoselect.search.pareto import Constraints, choose, hypervolume, pareto_mask
+from autoselect.search.prior import group_sensitivity, narrow, warm_starts
+from autoselect.search.pruning import ParetoPruner
+from autoselect.space import SearchSpace, find_space, load_space
+
+__all__ = ["SearchConfig", "SearchResult", "search"]
+
+BACKENDS = ("optuna", "ray")
+
+
+@dataclass(frozen=True, kw_only=True)
+class SearchConfig:
+    model: str = "mobilenet_v2"
+    weights: str | None = None
+    data: str = "digits"
+    num_classes: int | None = None
+    input_size: int | None = None
+    target: str | None = None  # default: the space's
+    weight_bits: int | None = None
+    space: str | None = None  # file or built-in name; default: the model family's
+    trials: int = 24
+    proxy: ProxyBudget = field(default_factory=ProxyBudget)
+    train_images: int | None = None
+    val_images: int | None = None  # default: min(1000, a quarter of the train split)
+    profile_images: int = 512
+    constraints: Constraints = field(default_factory=Constraints)
+    sampler: str = "tpe"
+    prior: bool = True
+    prune_margin: float | None = 1.5  # None: no pruning
+    latency: str = "auto"  # auto | measure | cost
+    latency_runs: int = 100
+    backend: str = "optuna"
+    baseline_epochs: int = 15
+    out: str = "runs/search"
+    resume: bool = False
+    seed: int = 0
+    device: str = "auto"
+    progress: bool = True
+
+
+@dataclass
+class SearchResult:
+    out: Path
+    trials: pd.DataFrame
+    front: pd.DataFrame
+    chosen: pd.Series
+    plan_path: Path
+    fp32_top1: float
+    ptq_top1: float
+    latency_unit: str
+    summary: dict[str, Any]
+
+
+def _say(cfg: SearchConfig, msg: str) -> None:
+    if cfg.progress:
+        print(msg, file=sys.stderr, flush=True)
+
+
+def _prepare(cfg: SearchConfig, out: Path):
+    from autoselect.prepare import prepare
+
+    weights = cfg.weights
+    if weights is None:
+        weights = str(out / "fp32.pt")
+        if not Path(weights).is_file():
+            _say(cfg, f"no --weights: training an FP32 {cfg.model} on {cfg.data} first ({cfg.baseline_epochs} "
+                      f"epochs) -> {weights}")
+            from autoselect.models import save_checkpoint
+            from autoselect.train import train_baseline
+
+            prep = prepare(cfg.model, weights=None, data=cfg.data, num_classes=cfg.num_classes,
+                           input_size=cfg.input_size, seed=cfg.seed, warn_untrained=False)
+            assert prep.train is not None and prep.test is not None
+            lm = prep.loaded
+            res = train_baseline(lm.model, prep.train, prep.test, epochs=cfg.baseline_epochs, batch_size=128,
+                                 device=cfg.device, seed=cfg.seed, progress=cfg.progress)
+            lm.model.load_state_dict(res.best_state)
+            save_checkpoint(weights, lm.model, model_name=lm.name, num_classes=lm.num_classes,
+                            input_size=lm.input_size, normalize=prep.train.normalize, test_acc=res.best_acc,
+                            epoch=res.best_epoch, data=cfg.data, history=res.history)
+    return prepare(cfg.model, weights=weights, data=cfg.data, num_classes=cfg.num_classes, input_size=cfg.input_size,
+                   splits=("train",), seed=cfg.seed)
+
+
+def _space(cfg: SearchConfig, target_name: str | None) -> tuple[SearchSpace, Any]:
+    from autoselect.quant.targets import get_target
+
+    space = load_space(cfg.space) if cfg.space else find_space(cfg.model)
+    if cfg.weight_bits is not None:
+        space = replace(space, weight_bits=(cfg.weight_bits,))
+    target = get_target(target_name or space.target)
+    space.check_target(target)
+    return space, target
+
+
+def search(cfg: SearchConfig) -> SearchResult:
+    """Run (or resume) a search; see the module docstring for what it writes."""
+    if cfg.backend not in BACKENDS:
+        raise AutoselectError(f"unknown backend {cfg.backend!r}; choose one of {', '.join(BACKENDS)}")
+    if cfg.backend == "ray":
+        raise AutoselectError("the ray backend is not implemented yet (issue 5); use --backend optuna")
+    if cfg.latency not in ("auto", "measure", "cost"):
+        raise AutoselectError(f"latency must be auto, measure or cost, got {cfg.latency!r}")
+    from autoselect.evaluate import resolve_device
+    from autoselect.models import build_layer_graph
+    from autoselect.plan import ModelRef, save_plan
+    from autoselect.profiling import SensitivityReport, profile
+    from autoselect.search.optuna_backend import open_study, run_optuna, trials_frame
+
+    t_start = time.perf_counter()
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    device = resolve_device(cfg.device)
+    cfg = replace(cfg, device=str(device))
+    space, target = _space(cfg, cfg.target)
+    study = open_study(out / "study.db", resume=cfg.resume, sampler=cfg.sampler, seed=cfg.seed,
+                       startup=len(space.prior_budgets) + 4)
+    prep = _prepare(cfg, out)
+    assert prep.train is not None
+    lm = prep.loaded
+    size = lm.input_size
+    n_val = cfg.val_images if cfg.val_images is not None else min(1000, len(prep.train) // 4)
+    if not 0 < n_val < len(prep.train):
+        raise AutoselectError(f"--val-images {n_val} must leave training images ({len(prep.train)} in all)")
+    train, val = prep.train.split(n_val, seed=cfg.seed)
+    train = train.subset(cfg.train_images, seed=cfg.seed)
+    graph = build_layer_graph(lm.model, (1, 3, size, size))
+
+    # 1. the profile (reused when out/profile holds one)
+    t0 = time.perf_counter()
+    prof_dir = out / "profile"
+    spec = target.spec(weight_bits=cfg.weight_bits)
+    if (prof_dir / "summary.json").is_file():
+        report = SensitivityReport.load(prof_dir)
+        _say(cfg, f"profile: reusing {prof_dir}")
+    else:
+        _say(cfg, f"profile: {spec.describe()} on {min(cfg.profile_images, len(train))} images")
+        report = profile(lm.model, train.subset(cfg.profile_images, seed=cfg.seed).batches(128, device=device),
+                         spec=spec, graph=graph, device=device, progress=cfg.progress, model_name=cfg.model)
+        report.save(prof_dir)
+    profile_s = time.perf_counter() - t0
+
+    # 2. the space, narrowed and warm-started by the profile
+    groups = space.groups(graph.layers)
+    scores = dict(zip(report.layers["path"], report.layers[report.rank_by].astype(float)))
+    sens = group_sensitivity(groups, scores)
+    searched, fixed = narrow(groups, sens, space.search_top)
+    parameters: dict[str, tuple[Any, ...]] = {}
+    for g in searched:
+        parameters.update(space.parameters(g))
+    if not parameters:
+        raise AutoselectError(f"search space {space.name} leaves nothing to choose for {cfg.model}")
+    starts = warm_starts(space, searched, sens, graph.total_params, space.prior_budgets) if cfg.prior else []
+    ref = ModelRef(name=cfg.model, num_classes=lm.num_classes, input_size=size, weights_sha256=lm.weights_sha256)
+
+    def make_plan(params: Any, provenance: dict[str, Any] | None = None):
+        return space.plan(groups, params, target=target.name, model=ref, fixed=fixed, provenance=provenance)
+
+    # 3. latency: measured on the exported model where the target runs here, else the cost model
+    calib = train.subset(cfg.proxy.calib_images, seed=cfg.seed)
+    measure = None
+    if cfg.latency == "measure" or (cfg.latency == "auto" and target.runs_here):
+        if not target.runs_here:
+            raise AutoselectError(f"target {target.name} has no integer kernels here: use --latency cost")
+        if cfg.weight_bits not in (None, 8):
+            raise AutoselectError(f"{cfg.weight_bits}-bit weights cannot be exported for {target.name}: "
+                                  "use --latency cost")
+        measure = measure_export_latency(lm.model, graph, calib.batches(128), target=target.name,
+                                         work_dir=str(out / "latency_export"), runs=cfg.latency_runs)
+    latency = LatencyModel(graph.layers, measure=measure, cache_path=out / "latency_cache.json")
+    _say(cfg, f"latency: {latency.unit}")
+
+    # 4. the study
+    evaluator = TrialEvaluator(lm.model, graph, train, val, cfg.proxy, latency, device=device, seed=cfg.seed)
+    fp32_top1 = evaluator.val_top1(lm.model)
+    ptq_plan = make_plan({k: ("freeze" if k.endswith(".action") and "freeze" in v else v[0])
+                          for k, v in parameters.items()})
+    ptq_top1 = evaluator.val_top1(evaluator.apply(ptq_plan))
+    _say(cfg, f"{cfg.model}: {len(groups)} groups ({len(searched)} searched), {len(parameters)} parameters; "
+              f"validation ({len(val)} images): FP32 {fp32_top1:.2f}%, all frozen (PTQ) {ptq_top1:.2f}%; "
+              f"{cfg.trials} trials of {cfg.proxy.steps} steps x {cfg.proxy.batch_size}")
+
+    def describe(st) -> str:
+        df = trials_frame(st)
+        done = df[df["state"] == "complete"]
+        pruned = int((df["state"] == "pruned").sum())
+        if done.empty:
+            return f"pruned {pruned}"
+        best = done.sort_values("top1", ascending=False).iloc[0]
+        return f"pruned {pruned}, best {best['top1']:.2f}% @ {100 * best['retrained']:.1f}% retrained"
+
+    t0 = time.perf_counter()
+    ran = run_optuna(study, parameters=parameters, make_plan=make_plan, evaluate=evaluator.evaluate,
+                     n_trials=cfg.trials, warm_start=starts,
+                     pruner=ParetoPruner(margin=cfg.prune_margin or 0.0, enabled=cfg.prune_margin is not None),
+                     progress=cfg.progress, describe=describe)
+    trials_s = time.perf_counter() - t0
+
+    # 5. results
+    df = trials_frame(study)
+    done = df[df["state"] == "complete"].reset_index(drop=True)
+    front = done[pareto_mask(done)] if not done.empty else done
+    with atomic_path(out / "trials.csv") as tmp:
+        df.to_csv(tmp, index=False)
+    with atomic_path(out / "pareto.csv") as tmp:
+        front.sort_values("retrained").to_csv(tmp, index=False)
+    chosen = choose(done, cfg.constraints, fp32_top1=fp32_top1)
+    for _, row in front.iterrows():
+        save_plan(_trial_plan(make_plan, row, cfg, latency.unit), out / "plans" / f"trial_{int(row['trial'])}.json")
+    plan_path = save_plan(_trial_plan(make_plan, chosen, cfg, latency.unit), out / "plan.json")
+    from autoselect.search.plots import plot_pareto
+
+    plot_pareto(done, front, out / "pareto.png", latency_unit=latency.unit, chosen=int(chosen["trial"]),
+                title=f"{cfg.model} on {cfg.data}: {len(df)} trials ({target.name})")
+    ref_latency = latency.reference()
+    summary = {
+        "model": cfg.model, "data": cfg.data, "target": target.name, "space": space.name, "trials": len(df),
+        "ran_now": ran, "complete": len(done), "pruned": int((df["state"] == "pruned").sum()),
+        "failed": int((df["state"] == "fail").sum()), "fp32_top1": fp32_top1, "ptq_top1": ptq_top1,
+        "latency_unit": latency.unit, "latency_measured": latency.measured, "fp32_latency": ref_latency, "latency_exports": latency.measurements,
+        "hypervolume": hypervolume(done, ref_top1=ptq_top1, ref_latency=ref_latency),
+        "hypervolume_ref": {"top1": ptq_top1, "retrained": 1.0, "latency": ref_latency},
+        "chosen_trial": int(chosen["trial"]), "chosen": {k: float(chosen[k]) for k in ("top1", "retrained", "latency")},
+        "proxy": asdict(cfg.proxy), "val_images": len(val), "train_images": len(train),
+        "constraints": asdict(cfg.constraints), "sampler": cfg.sampler, "prior": cfg.prior, "seed": cfg.seed,
+        "seconds": {"profile": profile_s, "trials": trials_s, "total": time.perf_counter() - t_start,
+                    "trial_sum": float(df["seconds"].fillna(0).sum())},
+    }
+    with atomic_path(out / "summary.json") as tmp:
+        tmp.write_text(json.dumps(summary, indent=2) + "\n")
+    return SearchResult(out=out, trials=df, front=front, chosen=chosen, plan_path=plan_path, fp32_top1=fp32_top1,
+                        ptq_top1=ptq_top1, latency_unit=latency.unit, summary=summary)
+
+
+def _trial_plan(make_plan, row: pd.Series, cfg: SearchConfig, unit: str):
+    from dataclasses import replace as _replace
+
+    plan = make_plan(json.loads(row["params"]), {
+        "made_by": "autoselect search", "trial": int(row["trial"]), "data": cfg.data, "sampler": cfg.sampler,
+        "proxy": asdict(cfg.proxy), "latency_unit": unit,
+        "description": f"search trial {int(row['trial'])}"})
+    return _replace(plan, objectives={"top1_proxy_val": float(row["top1"]), "retrained": float(row["retrained"]),
+                                      "latency": float(row["latency"])})
