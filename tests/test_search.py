@@ -1,0 +1,188 @@
+"""`autoselect search` end to end on a tiny CNN and the embedded digits: outputs, resume, kill -9, bad input."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+import pandas as pd
+import pytest
+import torch
+
+from autoselect.cli import main
+from autoselect.plan import load_plan
+from autoselect.search.latency import LatencyModel
+from autoselect.search.objective import ProxyBudget, Pruned, TrialEvaluator
+
+from .helpers import tiny_net
+
+TINY = ["--model", "tests.helpers:tiny_net", "--quiet"]
+SMALL = [*TINY, "--data", "digits", "--baseline-epochs", "8", "--proxy-steps", "6", "--proxy-batch", "32",
+         "--eval-every", "3", "--val-images", "120", "--train-images", "400", "--profile-images", "64",
+         "--calib-images", "64"]
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _run(tmp: Path, *extra: str) -> int:
+    return main(["search", *SMALL, "--out", str(tmp), *extra])
+
+
+@pytest.fixture(scope="module")
+def searched(tmp_path_factory):
+    out = tmp_path_factory.mktemp("search")
+    assert _run(out, "--trials", "6", "--target", "generic-pt", "--weight-bits", "4") == 0
+    return out
+
+
+def test_search_writes_front_plot_plan_and_study(searched):
+    out = searched
+    for name in ("study.db", "trials.csv", "pareto.csv", "pareto.png", "plan.json", "summary.json",
+                 "profile/layers.csv", "fp32.pt"):
+        assert (out / name).is_file(), name
+    summary = json.loads((out / "summary.json").read_text())
+    trials = pd.read_csv(out / "trials.csv")
+    assert len(trials) == 6 == summary["trials"] and summary["complete"] + summary["pruned"] == 6
+    assert summary["latency_measured"] is False and "cost model" in summary["latency_unit"]
+    first = trials.iloc[0]  # the prior's first plan: everything frozen (PTQ), free of training
+    assert first["source"] == "prior" and first["retrained"] == 0.0
+    assert first["top1"] == pytest.approx(summary["ptq_top1"])
+    front = pd.read_csv(out / "pareto.csv")
+    assert set(front["trial"]) <= set(trials["trial"]) and len(front) >= 1
+    plan = load_plan(out / "plan.json")
+    assert plan.target == "generic-pt" and plan.model is not None and plan.model.name == "tests.helpers:tiny_net"
+    assert plan.provenance["trial"] == summary["chosen_trial"]
+    assert {a.weight_bits for a in plan.layers.values()} == {4}
+    study = optuna.load_study(study_name="autoselect", storage=f"sqlite:///{out / 'study.db'}")
+    assert len(study.trials) == 6 and len(study.directions) == 3
+
+
+def test_chosen_plan_trains_with_autoselect_train(searched, capsys):
+    plan = load_plan(searched / "plan.json")
+    if not any(a.kind == "qat" for a in plan.layers.values()):
+        pytest.skip("the chosen plan retrains nothing")
+    assert main(["train", *TINY, "--plan", str(searched / "plan.json"), "--weights", str(searched / "fp32.pt"),
+                 "--steps", "2", "--train-images", "64", "--eval-images", "64", "--calib-images", "32",
+                 "--out", str(searched / "train")]) == 0
+    assert "simulated INT8 top-1" in capsys.readouterr().out
+
+
+def test_resume_keeps_finished_trials_and_adds_the_rest(searched, tmp_path, capsys):
+    assert _run(searched, "--trials", "6") == 2  # a fresh search refuses a directory that holds a study
+    assert "--resume" in capsys.readouterr().err
+    before = pd.read_csv(searched / "trials.csv")
+    assert _run(searched, "--trials", "8", "--resume", "--target", "generic-pt", "--weight-bits", "4") == 0
+    after = pd.read_csv(searched / "trials.csv")
+    assert len(after) == 8
+    pd.testing.assert_frame_equal(before[["trial", "state", "top1"]], after[["trial", "state", "top1"]].head(6))
+
+
+def test_constraints_pick_the_emitted_plan(searched, capsys):
+    assert _run(searched, "--trials", "8", "--resume", "--target", "generic-pt", "--weight-bits", "4",
+                "--max-retrained", "0") == 0
+    assert "PTQ is enough" in capsys.readouterr().out
+    assert all(a.kind == "freeze" for a in load_plan(searched / "plan.json").layers.values())
+
+
+@pytest.mark.slow
+def test_x86_latency_is_measured_once_per_configuration(tmp_path):
+    assert _run(tmp_path, "--trials", "3", "--target", "x86", "--latency-runs", "5") == 0
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["latency_measured"] and summary["latency_exports"] == 1  # freeze and qat export alike
+    assert summary["fp32_latency"] > 0
+    trials = pd.read_csv(tmp_path / "trials.csv")
+    assert trials["latency"].dropna().nunique() == 1
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--space", "nope.yaml"], "search space not found"),
+    (["--backend", "ray"], "issue 5"),
+    (["--max-retrained", "2"], "fraction from 0 to 1"),
+    (["--target", "x86", "--weight-bits", "4"], "4-bit weights cannot run on target x86"),
+    (["--target", "tpu"], "unknown target 'tpu'"),
+    (["--resume"], "nothing to resume"),
+])
+def test_bad_search_input_is_one_line(tmp_path, capsys, extra, message):
+    assert _run(tmp_path / "s", *extra) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0]
+
+
+def test_evaluator_raises_pruned_when_report_says_so():
+    model = tiny_net()
+    from autoselect.data.batches import ImageSet
+    from autoselect.models import build_layer_graph
+    from autoselect.space import SearchSpace
+
+    g = torch.Generator().manual_seed(0)
+    data = ImageSet(images=torch.randint(0, 255, (96, 3, 32, 32), dtype=torch.uint8, generator=g),
+                    labels=torch.randint(0, 10, (96,), generator=g), classes=tuple("0123456789"),
+                    mean=(0.5,) * 3, std=(0.25,) * 3)
+    graph = build_layer_graph(model, (1, 3, 32, 32))
+    space = SearchSpace(name="t")
+    plan = space.plan(space.groups(graph.layers), {f"{grp.name}.action": "qat" for grp in space.groups(graph.layers)},
+                      target="generic")
+    ev = TrialEvaluator(model, graph, data, data.subset(32), ProxyBudget(steps=4, batch_size=16, eval_every=2,
+                                                                           calib_images=32), LatencyModel(graph.layers))
+    seen: list[int] = []
+
+    def record(step: int, top1: float, retrained: float, latency: float) -> bool:
+        seen.append(step)
+        return False
+
+    out = ev.evaluate(plan, record)
+    assert seen == [0, 2, 4] and out.steps == 4 and 0.5 < out.retrained < 1.0  # BN folded: not retrained
+    with pytest.raises(Pruned) as info:
+        ev.evaluate(plan, lambda step, top1, r, lat: step == 2)
+    assert info.value.step == 2
+
+
+def _finished(db: Path) -> list[tuple[int, str]]:
+    if not db.is_file():
+        return []
+    try:
+        with sqlite3.connect(db) as con:
+            return con.execute("SELECT number, state FROM trials WHERE state IN ('COMPLETE', 'PRUNED') "
+                               "ORDER BY number").fetchall()
+    except sqlite3.OperationalError:
+        return []
+
+
+@pytest.mark.slow
+def test_search_killed_with_sigkill_resumes_without_losing_finished_trials(tmp_path):
+    out = tmp_path / "killed"
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    cmd = [sys.executable, "-c", "import sys; from autoselect.cli import main; sys.exit(main(sys.argv[1:]))",
+           "search", *SMALL, "--proxy-steps", "30", "--out", str(out), "--trials", "40", "--target", "generic-pt",
+           "--weight-bits", "4", "--no-prune"]
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 240
+    try:
+        while len(_finished(out / "study.db")) < 3 and time.time() < deadline and proc.poll() is None:
+            time.sleep(0.5)
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    before = _finished(out / "study.db")
+    assert len(before) >= 3, "the search did not finish 3 trials in time"
+    assert len(before) < 40
+    with sqlite3.connect(out / "study.db") as con:
+        values_before = con.execute("SELECT trial_id, objective, value FROM trial_values ORDER BY trial_id, "
+                                    "objective").fetchall()
+    n = len(before) + 2
+    assert main(["search", *SMALL, "--out", str(out), "--trials", str(n), "--resume", "--target", "generic-pt",
+                 "--weight-bits", "4", "--no-prune"]) == 0
+    after = _finished(out / "study.db")
+    assert set(before) <= set(after) and len(after) == n
+    with sqlite3.connect(out / "study.db") as con:
+        values_after = con.execute("SELECT trial_id, objective, value FROM trial_values ORDER BY trial_id, "
+                                   "objective").fetchall()
+        states = dict(con.execute("SELECT state, COUNT(*) FROM trials GROUP BY state").fetchall())
+    assert set(values_before) <= set(values_after)
+    assert states.get("RUNNING", 0) == 0
