@@ -178,6 +178,7 @@ def test_pruner_stops_a_trial_a_cheaper_finished_one_beat_at_the_same_step():
     assert not pruner.should_prune(0, 40.0, 0.3, 1.0, [cheap])  # never before training
     assert not pruner.should_prune(10, 40.0, 0.3, 1.0, [cheap])  # no value at that step
     assert not ParetoPruner(enabled=False).should_prune(20, 0.0, 1.0, 1.0, [cheap])
+    assert not ParetoPruner(margin=1.0, warmup_steps=30).should_prune(20, 65.0, 0.3, 1.0, [cheap])  # too early
 
 
 def test_prior_warm_starts_spend_the_budget_on_sensitive_groups_first():

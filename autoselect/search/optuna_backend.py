@@ -86,8 +86,9 @@ def run_optuna(
 ) -> int:
     """Run trials until the study holds ``n_trials`` finished (complete or pruned) ones; returns how many ran now.
 
-    ``warm_start`` parameter sets are queued first (on a fresh study only). A trial whose parameters repeat a
-    completed one reuses its values instead of training again.
+    ``warm_start`` parameter sets are queued first (on a fresh study only) and are never pruned: they anchor the
+    front at the prior's parameter budgets, and the larger ones learn slowest at first. A trial whose parameters
+    repeat a completed one reuses its values instead of training again.
     """
     pruner = pruner or ParetoPruner()
     done_states = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
@@ -117,6 +118,8 @@ def run_optuna(
             trial.set_user_attr("history", history)
             trial.set_user_attr("retrained", retrained)
             trial.set_user_attr("latency", latency)
+            if trial.user_attrs.get("source") == "prior":
+                return False
             return pruner.should_prune(step, top1, retrained, latency, _finished(study))
 
         try:

@@ -215,7 +215,8 @@ def search(cfg: SearchConfig) -> SearchResult:
     t0 = time.perf_counter()
     ran = run_optuna(study, parameters=parameters, make_plan=make_plan, evaluate=evaluator.evaluate,
                      n_trials=cfg.trials, warm_start=starts,
-                     pruner=ParetoPruner(margin=cfg.prune_margin or 0.0, enabled=cfg.prune_margin is not None),
+                     pruner=ParetoPruner(margin=cfg.prune_margin or 0.0, enabled=cfg.prune_margin is not None,
+                                        warmup_steps=cfg.proxy.steps // 2),
                      progress=cfg.progress, describe=describe)
     trials_s = time.perf_counter() - t0
 
