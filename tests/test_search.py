@@ -61,6 +61,7 @@ def test_search_writes_front_plot_plan_and_study(searched):
     assert {a.weight_bits for a in plan.layers.values()} == {4}
     study = optuna.load_study(study_name="autoselect", storage=f"sqlite:///{out / 'study.db'}")
     assert len(study.trials) == 6 and len(study.directions) == 3
+    assert study.metric_names == ["int8_top1", "retrained_fraction", "latency"]  # labels in optuna-dashboard
 
 
 def test_chosen_plan_trains_with_autoselect_train(searched, capsys):

@@ -7,6 +7,7 @@ The backend sees parameters, plans and an evaluation callable, never a model: ``
 from __future__ import annotations
 
 import json
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,7 @@ __all__ = ["SAMPLERS", "open_study", "run_optuna", "trials_frame"]
 
 SAMPLERS = ("tpe", "random", "nsga2")
 DIRECTIONS: list[Any] = ["maximize", "minimize", "minimize"]  # top-1, retrained fraction, latency
+METRIC_NAMES = ("int8_top1", "retrained_fraction", "latency")
 
 
 def _sampler(name: str, seed: int, startup: int) -> optuna.samplers.BaseSampler:
@@ -57,10 +59,14 @@ def open_study(storage_path: str | Path, *, resume: bool, sampler: str = "tpe", 
                                   "or choose another --out")
     study = optuna.create_study(study_name=study_name, storage=url, directions=DIRECTIONS, load_if_exists=True,
                                 sampler=_sampler(sampler, seed, startup))
+    with warnings.catch_warnings():  # experimental in Optuna; names the axes in optuna-dashboard
+        warnings.simplefilter("ignore")
+        study.set_metric_names(list(METRIC_NAMES))
     if resume:
         for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
             study._storage.set_trial_state_values(t._trial_id, optuna.trial.TrialState.FAIL)
-            study.enqueue_trial(t.params, user_attrs={"retry_of": t.number})
+            attrs = {"retry_of": t.number, **({"source": "prior"} if t.user_attrs.get("source") == "prior" else {})}
+            study.enqueue_trial(t.params, user_attrs=attrs)
     return study
 
 
