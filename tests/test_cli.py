@@ -1,6 +1,10 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -14,6 +18,20 @@ TINY = ["--model", "tests.helpers:tiny_net", "--quiet"]
 def test_models_lists_names(capsys):
     assert main(["models"]) == 0
     assert "mobilenet_v2" in capsys.readouterr().out.split()
+
+
+def test_python_dash_m_runs_the_cli_and_a_closed_pipe_is_not_a_traceback():
+    root = Path(__file__).resolve().parents[1]
+    cmd = [sys.executable, "-m", "autoselect", "models"]
+    ok = subprocess.run(cmd, cwd=root, capture_output=True, timeout=60)
+    assert ok.returncode == 0 and b"mobilenet_v2" in ok.stdout.split()
+    r, w = os.pipe()  # like `autoselect models | head -1`: the reader is gone before the first write
+    os.close(r)
+    try:
+        closed = subprocess.run(cmd, cwd=root, stdout=w, stderr=subprocess.PIPE, timeout=60)
+    finally:
+        os.close(w)
+    assert closed.returncode == 0 and closed.stderr == b""
 
 
 def test_graph_prints_roles(capsys, tmp_path):

@@ -1,0 +1,5 @@
+"""``python -m autoselect ...``: the same as the ``autoselect`` command."""
+
+from autoselect.cli import run
+
+run()
