@@ -108,7 +108,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--trials", type=int, default=24, help="finished trials the study should hold")
     p.add_argument("--proxy-steps", type=int, default=60, help="QAT steps per trial")
     p.add_argument("--proxy-batch", type=int, default=64, help="batch size of the proxy")
-    p.add_argument("--proxy-lr", type=float, default=0.01, help="peak learning rate of the proxy (the trainer's)")
+    p.add_argument("--proxy-lr", type=float, default=0.003,
+                   help="peak learning rate of the proxy (lower than a full run's: it ranks plans better)")
     p.add_argument("--eval-every", type=int, default=20, help="steps between intermediate evaluations")
     p.add_argument("--calib-images", type=int, default=256, help="calibration images per trial")
     p.add_argument("--val-images", type=int, help="held out from the train split for validation "
@@ -376,8 +377,7 @@ def _cmd_search(args: argparse.Namespace) -> int:
           f"retrained, latency {c['latency']:.4g} {res.latency_unit} -> {res.plan_path}")
     weights = args.weights or res.out / "fp32.pt"
     if c["retrained"] > 0:
-        print(f"next: autoselect train --plan {res.plan_path} --weights {weights} --data {args.data} "
-              f"--lr {args.proxy_lr}")
+        print(f"next: autoselect train --plan {res.plan_path} --weights {weights} --data {args.data}")
     else:
         print("PTQ is enough here: the chosen plan retrains nothing" + (
             f"; next: autoselect export --plan {res.plan_path} --weights {weights} --data {args.data}"
