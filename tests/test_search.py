@@ -187,3 +187,29 @@ def test_search_killed_with_sigkill_resumes_without_losing_finished_trials(tmp_p
         states = dict(con.execute("SELECT state, COUNT(*) FROM trials GROUP BY state").fetchall())
     assert set(values_before) <= set(values_after)
     assert states.get("RUNNING", 0) == 0
+
+
+def test_baseline_trained_by_the_search_never_sees_the_validation_images(tmp_path, monkeypatch):
+    import autoselect.train as train_mod
+    from autoselect import load_images
+    from autoselect.search import SearchConfig, search
+
+    class Stop(Exception):
+        pass
+
+    seen = {}
+
+    def fake_baseline(model, train, test, **kw):
+        seen["train"] = train
+        raise Stop
+
+    monkeypatch.setattr(train_mod, "train_baseline", fake_baseline)
+    with pytest.raises(Stop):
+        search(SearchConfig(model="tests.helpers:tiny_net", data="digits", val_images=150, out=str(tmp_path),
+                            target="generic", progress=False))
+    every = load_images("digits", split="train")
+    _, val = every.split(150, seed=0)
+    fit = seen["train"]
+    assert len(fit) == len(every) - 150
+    fit_rows = {bytes(x.numpy()) for x in fit.images}
+    assert not any(bytes(x.numpy()) in fit_rows for x in val.images)

@@ -79,6 +79,13 @@ def _say(cfg: SearchConfig, msg: str) -> None:
         print(msg, file=sys.stderr, flush=True)
 
 
+def _val_count(cfg: SearchConfig, n_train: int) -> int:
+    n_val = cfg.val_images if cfg.val_images is not None else min(1000, n_train // 4)
+    if not 0 < n_val < n_train:
+        raise AutoselectError(f"--val-images {n_val} must leave training images ({n_train} in all)")
+    return n_val
+
+
 def _prepare(cfg: SearchConfig, out: Path):
     from autoselect.prepare import prepare
 
@@ -95,7 +102,10 @@ def _prepare(cfg: SearchConfig, out: Path):
                            input_size=cfg.input_size, seed=cfg.seed, warn_untrained=False)
             assert prep.train is not None and prep.test is not None
             lm = prep.loaded
-            res = train_baseline(lm.model, prep.train, prep.test, epochs=cfg.baseline_epochs, batch_size=128,
+            # the validation images stay out of the baseline's training, as they stay out of the proxy's: a model
+            # that has memorised them scores them high in FP32 and "forgets" them in QAT, against every QAT plan
+            fit, _ = prep.train.split(_val_count(cfg, len(prep.train)), seed=cfg.seed)
+            res = train_baseline(lm.model, fit, prep.test, epochs=cfg.baseline_epochs, batch_size=128,
                                  device=cfg.device, seed=cfg.seed, progress=cfg.progress)
             lm.model.load_state_dict(res.best_state)
             save_checkpoint(weights, lm.model, model_name=lm.name, num_classes=lm.num_classes,
@@ -142,10 +152,7 @@ def search(cfg: SearchConfig) -> SearchResult:
     assert prep.train is not None
     lm = prep.loaded
     size = lm.input_size
-    n_val = cfg.val_images if cfg.val_images is not None else min(1000, len(prep.train) // 4)
-    if not 0 < n_val < len(prep.train):
-        raise AutoselectError(f"--val-images {n_val} must leave training images ({len(prep.train)} in all)")
-    train, val = prep.train.split(n_val, seed=cfg.seed)
+    train, val = prep.train.split(_val_count(cfg, len(prep.train)), seed=cfg.seed)
     train = train.subset(cfg.train_images, seed=cfg.seed)
     graph = build_layer_graph(lm.model, (1, 3, size, size))
 
