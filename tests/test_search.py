@@ -148,6 +148,16 @@ def test_evaluator_raises_pruned_when_report_says_so():
         ev.evaluate(plan, lambda step, top1, r, lat: step == 2)
     assert info.value.step == 2
 
+    # the PTQ (step-0) top-1 depends on the quantization configuration only: a plan that retrains nothing but
+    # quantizes alike costs no evaluation at all, and reports the same step-0 value
+    calls: list[int] = []
+    count = ev.val_top1
+    ev.val_top1 = lambda m: calls.append(1) or count(m)  # type: ignore[method-assign]
+    frozen = space.plan(space.groups(graph.layers), {f"{grp.name}.action": "freeze"
+                                                     for grp in space.groups(graph.layers)}, target="generic")
+    ptq = ev.evaluate(frozen)
+    assert calls == [] and ptq.retrained == 0.0 and ptq.top1 == out.history[0][1] == out.ptq_top1
+
 
 def _finished(db: Path) -> list[tuple[int, str]]:
     if not db.is_file():

@@ -79,6 +79,9 @@ class TrialEvaluator:
         self.device = device
         self.seed = seed
         self.calib = train.subset(budget.calib_images, seed=seed)
+        # step-0 (PTQ) top-1 per quantization configuration: before training, freeze and QAT layers are quantized
+        # alike from the same calibration images, so plans that differ only in what they retrain share it
+        self._ptq_top1: dict[str, float] = {}
 
     def val_top1(self, model: nn.Module) -> float:
         return accuracy(model, self.val.batches(256, device=self.device), device=self.device)
@@ -94,7 +97,10 @@ class TrialEvaluator:
         torch.manual_seed(self.seed)
         qmodel = self.apply(plan)
         frac = retrained_fraction(qmodel)
-        ptq = self.val_top1(qmodel)
+        key = repr(sorted(specs.items()))  # every quantizer setting of every layer
+        ptq = self._ptq_top1.get(key)
+        if ptq is None:
+            ptq = self._ptq_top1[key] = self.val_top1(qmodel)
         history = [(0, ptq)]
         if report is not None and report(0, ptq, frac, latency):
             raise Pruned(0, ptq)

@@ -248,7 +248,8 @@ def search(cfg: SearchConfig) -> SearchResult:
         "model": cfg.model, "data": cfg.data, "target": target.name, "space": space.name, "trials": len(df),
         "ran_now": ran, "complete": len(done), "pruned": int((df["state"] == "pruned").sum()),
         "failed": int((df["state"] == "fail").sum()), "fp32_top1": fp32_top1, "ptq_top1": ptq_top1,
-        "latency_unit": latency.unit, "latency_measured": latency.measured, "fp32_latency": ref_latency, "latency_exports": latency.measurements,
+        "latency_unit": latency.unit, "latency_measured": latency.measured, "fp32_latency": ref_latency,
+        "latency_exports": latency.measurements,
         "hypervolume": hypervolume(done, ref_top1=ptq_top1, ref_latency=ref_latency),
         "hypervolume_ref": {"top1": ptq_top1, "retrained": 1.0, "latency": ref_latency},
         "chosen_trial": int(chosen["trial"]), "chosen": {k: float(chosen[k]) for k in ("top1", "retrained", "latency")},
@@ -264,11 +265,9 @@ def search(cfg: SearchConfig) -> SearchResult:
 
 
 def _trial_plan(make_plan, row: pd.Series, cfg: SearchConfig, unit: str):
-    from dataclasses import replace as _replace
-
     plan = make_plan(json.loads(row["params"]), {
         "made_by": "autoselect search", "trial": int(row["trial"]), "data": cfg.data, "sampler": cfg.sampler,
         "proxy": asdict(cfg.proxy), "latency_unit": unit,
         "description": f"search trial {int(row['trial'])}"})
-    return _replace(plan, objectives={"top1_proxy_val": float(row["top1"]), "retrained": float(row["retrained"]),
+    return replace(plan, objectives={"top1_proxy_val": float(row["top1"]), "retrained": float(row["retrained"]),
                                       "latency": float(row["latency"])})
