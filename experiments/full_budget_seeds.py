@@ -4,8 +4,8 @@ Retrains plans with the seed table's budget (300 steps x 128, lr 0.01, 1,024 cal
 top-1 on the 10,000 test images) under several training seeds. Plans: plan files (e.g. a search's plan.json) or
 built-in plan names (given ``--weight-bits`` and ``--target``, as the seed table does).
 
-    python experiments/full_budget_seeds.py --seeds 1 --plans seed001_full_qat,seed001_depthwise_1x1,\
-results/search_w5pt_p100_lr003/tpe/plan.json,results/search_w5pt_p100_lr003_split/tpe/plan.json
+    cd experiments && R=results/search_w5pt_p100_lr003 && python full_budget_seeds.py --seeds 1 \
+        --plans seed001_full_qat,seed001_depthwise_1x1,$R/tpe/plan.json,${R}_split/tpe/plan.json
 """
 
 from __future__ import annotations
