@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -34,3 +35,11 @@ def save_result(path: str | Path, obj: object) -> Path:
     with atomic_path(path) as tmp:
         tmp.write_text(json.dumps(obj, indent=2) + "\n")
     return Path(path)
+
+
+def plan_in_regime(plan, *, weight_bits: int | None, target: str, act: str | None = None):
+    """A plan moved into a benchmark's regime: every quantized layer at ``weight_bits`` (and ``act`` if given),
+    FP32 layers left alone, the plan's target set to ``target``."""
+    layers = {k: replace(a, weight_bits=weight_bits, act=act or a.act) if a.kind != "fp32" else a
+              for k, a in plan.layers.items()}
+    return replace(plan, layers=layers, target=target)

@@ -11,11 +11,10 @@ built-in plan names (given ``--weight-bits`` and ``--target``, as the seed table
 from __future__ import annotations
 
 import time
-from dataclasses import replace
 from datetime import date
 from pathlib import Path
 
-from _common import apply_threads, reference_parser, save_result
+from _common import apply_threads, plan_in_regime, reference_parser, save_result
 
 from autoselect import load_images, load_model, load_plan
 from autoselect.plans import builtin_plan, builtin_plans
@@ -40,9 +39,7 @@ def main() -> None:
     rows: list[dict] = []
     for name in args.plans.split(","):
         if name in builtin_plans():
-            base = builtin_plan(name)
-            plan = replace(base, target=args.target, layers={
-                k: replace(a, weight_bits=args.weight_bits) if a.kind != "fp32" else a for k, a in base.layers.items()})
+            plan = plan_in_regime(builtin_plan(name), weight_bits=args.weight_bits, target=args.target)
         else:
             plan = load_plan(name)
         for seed in [int(s) for s in args.seeds.split(",")]:

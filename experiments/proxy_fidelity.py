@@ -15,7 +15,7 @@ from datetime import date
 from pathlib import Path
 
 import pandas as pd
-from _common import apply_threads, reference_parser, save_result
+from _common import apply_threads, plan_in_regime, reference_parser, save_result
 
 from autoselect import load_images, load_model
 from autoselect.models import build_layer_graph
@@ -53,9 +53,7 @@ def main() -> None:
             params = json.loads(trials[trials["trial"] == int(key[6:])].iloc[0]["params"])
             plan = space.plan(groups, params, target=args.target)
         else:
-            base = builtin_plan(key)
-            plan = replace(base, target=args.target, layers={
-                k: replace(a, weight_bits=args.weight_bits) if a.kind != "fp32" else a for k, a in base.layers.items()})
+            plan = plan_in_regime(builtin_plan(key), weight_bits=args.weight_bits, target=args.target)
         plans[key] = (plan, full_top1, proxy_top1)
     train = load_images(args.data, split="train").with_normalize(lm.normalize)
     train, val = train.split(args.val_images, seed=args.seed)

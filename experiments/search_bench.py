@@ -22,7 +22,7 @@ from datetime import date
 from pathlib import Path
 
 import pandas as pd
-from _common import apply_threads, reference_parser, save_result
+from _common import apply_threads, plan_in_regime, reference_parser, save_result
 
 from autoselect import load_images, load_model
 from autoselect.models import build_layer_graph
@@ -45,8 +45,7 @@ def _cfg(args, out: Path, **kw) -> SearchConfig:
 
 
 def _with_bits(plan, args):
-    layers = {k: replace(a, weight_bits=args.weight_bits) if a.kind != "fp32" else a for k, a in plan.layers.items()}
-    return replace(plan, layers=layers, target=args.target)
+    return plan_in_regime(plan, weight_bits=args.weight_bits, target=args.target)
 
 
 def phase_search(args, out: Path, name: str, **kw) -> dict:

@@ -11,11 +11,10 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import replace
 from datetime import date
 from pathlib import Path
 
-from _common import apply_threads, reference_parser, save_result
+from _common import apply_threads, plan_in_regime, reference_parser, save_result
 
 from autoselect import accuracy, load_images, load_model
 from autoselect.plans import builtin_plan, builtin_plans
@@ -46,10 +45,7 @@ def main() -> None:
     print(f"FP32 {fp32:.2f}% on {len(test)} test images; QAT budget {args.steps} steps x {args.batch_size}", flush=True)
     rows = []
     for name in args.plans or builtin_plans():
-        plan = builtin_plan(name)
-        layers = {k: replace(a, weight_bits=args.weight_bits, act=args.act or a.act) if a.kind != "fp32" else a
-                  for k, a in plan.layers.items()}
-        plan = replace(plan, layers=layers, target=args.target)
+        plan = plan_in_regime(builtin_plan(name), weight_bits=args.weight_bits, target=args.target, act=args.act)
         q = apply_plan(lm.model, plan, calib.batches(128))
         ptq = accuracy(q, test.batches(500))
         t = time.perf_counter()
