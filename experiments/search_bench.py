@@ -96,12 +96,12 @@ def phase_full(args, out: Path) -> list[dict]:
     jobs = [("seed001_full_qat", _with_bits(builtin_plan("seed001_full_qat"), args), None)]
     space = replace(load_space(args.space) if args.space else find_space("mobilenet_v2"),
                     weight_bits=(args.weight_bits,))
-    graph = build_layer_graph(load_model("mobilenet_v2", weights=args.weights).model, (1, 3, 32, 32))
+    lm = load_model("mobilenet_v2", weights=args.weights)
+    graph = build_layer_graph(lm.model, (1, 3, 32, 32))
     groups = space.groups(graph.layers)
     for t in [chosen, *picks]:
         params = json.loads(trials[trials["trial"] == t].iloc[0]["params"])
         jobs.append((f"trial_{t}", space.plan(groups, params, target=args.target), t))
-    lm = load_model("mobilenet_v2", weights=args.weights)
     train = load_images(args.data, split="train").with_normalize(lm.normalize)
     test = load_images(args.data, split="test").with_normalize(lm.normalize)
     calib = train.subset(1024)
