@@ -90,6 +90,17 @@ class TrialEvaluator:
         return apply_plan(copy.deepcopy(self.model), plan, self.calib.batches(128, device=self.device),
                           graph=self.graph, device=self.device)
 
+    def ptq_top1(self, plan: Plan) -> float:
+        """Validation top-1 of ``plan`` before any training (computed once per quantization configuration)."""
+        specs, _ = plan_specs(plan, self.graph)
+        return self._step0_top1(specs, lambda: self.apply(plan))
+
+    def _step0_top1(self, specs: dict, quantized: Callable[[], nn.Module]) -> float:
+        key = repr(sorted(specs.items()))  # every quantizer setting of every layer
+        if key not in self._ptq_top1:
+            self._ptq_top1[key] = self.val_top1(quantized())
+        return self._ptq_top1[key]
+
     def evaluate(self, plan: Plan, report: Callable[[int, float, float, float], bool] | None = None) -> Outcome:
         t0 = time.perf_counter()
         specs, _ = plan_specs(plan, self.graph)
@@ -97,10 +108,7 @@ class TrialEvaluator:
         torch.manual_seed(self.seed)
         qmodel = self.apply(plan)
         frac = retrained_fraction(qmodel)
-        key = repr(sorted(specs.items()))  # every quantizer setting of every layer
-        ptq = self._ptq_top1.get(key)
-        if ptq is None:
-            ptq = self._ptq_top1[key] = self.val_top1(qmodel)
+        ptq = self._step0_top1(specs, lambda: qmodel)
         history = [(0, ptq)]
         if report is not None and report(0, ptq, frac, latency):
             raise Pruned(0, ptq)

@@ -205,7 +205,7 @@ def search(cfg: SearchConfig) -> SearchResult:
     fp32_top1 = evaluator.val_top1(lm.model)
     ptq_plan = make_plan({k: ("freeze" if k.endswith(".action") and "freeze" in v else v[0])
                           for k, v in parameters.items()})
-    ptq_top1 = evaluator.val_top1(evaluator.apply(ptq_plan))
+    ptq_top1 = evaluator.ptq_top1(ptq_plan)  # cached: the prior's all-frozen trial costs nothing more
     _say(cfg, f"{cfg.model}: {len(groups)} groups ({len(searched)} searched), {len(parameters)} parameters; "
               f"validation ({len(val)} images): FP32 {fp32_top1:.2f}%, all frozen (PTQ) {ptq_top1:.2f}%; "
               f"{cfg.trials} trials of {cfg.proxy.steps} steps x {cfg.proxy.batch_size}")
