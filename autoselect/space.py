@@ -53,6 +53,11 @@ class Group:
     params: int
     choices: tuple[str, ...]
 
+    @property
+    def untrained(self) -> str:
+        """The action when this group is not retrained: freeze where allowed, else its first choice."""
+        return "freeze" if "freeze" in self.choices else self.choices[0]
+
 
 @dataclass(frozen=True, kw_only=True)
 class SearchSpace:

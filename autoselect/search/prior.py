@@ -29,7 +29,7 @@ def narrow(groups: Sequence[Group], sensitivity: Mapping[str, float], top: int |
         return list(groups), {}
     ranked = sorted(groups, key=lambda g: -sensitivity[g.name])
     keep = {g.name for g in ranked[:top]}
-    fixed = {g.name: ("freeze" if "freeze" in g.choices else g.choices[0]) for g in groups if g.name not in keep}
+    fixed = {g.name: g.untrained for g in groups if g.name not in keep}
     return [g for g in groups if g.name in keep], fixed
 
 
@@ -54,8 +54,7 @@ def warm_starts(space: SearchSpace, groups: Sequence[Group], sensitivity: Mappin
         for g in groups:
             names = space.parameters(g)
             if f"{g.name}.action" in names:
-                qat = next(a for a in g.choices if a in QAT_ACTIONS) if g.name in chosen else (
-                    "freeze" if "freeze" in g.choices else g.choices[0])
+                qat = next(a for a in g.choices if a in QAT_ACTIONS) if g.name in chosen else g.untrained
                 params[f"{g.name}.action"] = qat
             for key in ("bits", "smooth"):
                 if f"{g.name}.{key}" in names:
