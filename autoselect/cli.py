@@ -105,30 +105,30 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--target", help="deployment target (default: the space's; x86/qnnpack latency is measured)")
     p.add_argument("--weight-bits", type=int, help="weight bit-width for every quantized layer (simulation)")
     p.add_argument("--space", help="search space file or built-in name (default: the model family's)")
-    p.add_argument("--trials", type=int, default=24, help="finished trials the study should hold")
-    p.add_argument("--proxy-steps", type=int, default=60, help="QAT steps per trial")
-    p.add_argument("--proxy-batch", type=int, default=64, help="batch size of the proxy")
-    p.add_argument("--proxy-lr", type=float, default=0.003,
+    p.add_argument("--trials", type=int, help="finished trials the study should hold")
+    p.add_argument("--proxy-steps", type=int, help="QAT steps per trial")
+    p.add_argument("--proxy-batch", type=int, help="batch size of the proxy")
+    p.add_argument("--proxy-lr", type=float,
                    help="peak learning rate of the proxy (lower than a full run's: it ranks plans better)")
-    p.add_argument("--eval-every", type=int, default=20, help="steps between intermediate evaluations")
-    p.add_argument("--calib-images", type=int, default=256, help="calibration images per trial")
+    p.add_argument("--eval-every", type=int, help="steps between intermediate evaluations")
+    p.add_argument("--calib-images", type=int, help="calibration images per trial")
     p.add_argument("--val-images", type=int, help="held out from the train split for validation "
                                                   "(default: 1000, at most a quarter of the split)")
     p.add_argument("--train-images", type=int, help="train the proxy on a subset of the remaining images")
-    p.add_argument("--profile-images", type=int, default=512)
+    p.add_argument("--profile-images", type=int)
     p.add_argument("--max-accuracy-drop", type=float, help="points of validation top-1 below FP32")
     p.add_argument("--max-retrained", type=float, help="fraction of parameters retrained, e.g. 0.25")
     p.add_argument("--max-latency-ms", type=float, help="latency limit (for cost-model targets: FP32 = 1)")
-    p.add_argument("--tolerance", type=float, default=0.5,
+    p.add_argument("--tolerance", type=float,
                    help="prefer the plan retraining least among those this close to the best top-1")
     p.add_argument("--sampler", default="tpe", choices=["tpe", "random", "nsga2"])
     p.add_argument("--no-prior", action="store_true", help="no warm start from the profile (blind search)")
-    p.add_argument("--prune-margin", type=float, default=1.5, help="points behind a cheaper trial to prune at")
+    p.add_argument("--prune-margin", type=float, help="points behind a cheaper trial to prune at")
     p.add_argument("--no-prune", action="store_true")
     p.add_argument("--latency", default="auto", choices=["auto", "measure", "cost"])
-    p.add_argument("--latency-runs", type=int, default=100)
+    p.add_argument("--latency-runs", type=int)
     p.add_argument("--backend", default="optuna", choices=["optuna", "ray"])
-    p.add_argument("--baseline-epochs", type=int, default=15, help="without --weights: FP32 epochs to train first")
+    p.add_argument("--baseline-epochs", type=int, help="without --weights: FP32 epochs to train first")
     p.add_argument("--out", help="output directory (default: runs/search-MODEL)")
     p.add_argument("--resume", action="store_true", help="continue the study in OUT/study.db")
     return parser
@@ -353,20 +353,26 @@ def _cmd_search(args: argparse.Namespace) -> int:
 
     if args.max_retrained is not None and not 0.0 <= args.max_retrained <= 1.0:
         raise AutoselectError(f"--max-retrained is a fraction from 0 to 1, got {args.max_retrained}")
-    if args.trials < 1:
+    if args.trials is not None and args.trials < 1:
         raise AutoselectError("--trials must be at least 1")
+
+    def given(**kw: object) -> dict:  # options left out take the defaults of SearchConfig / ProxyBudget
+        return {k: v for k, v in kw.items() if v is not None}
+
+    no_prune = {"prune_margin": None} if args.no_prune else given(prune_margin=args.prune_margin)
     cfg = SearchConfig(
         model=args.model, weights=args.weights, data=args.data, num_classes=args.num_classes,
         input_size=args.input_size, target=args.target, weight_bits=args.weight_bits, space=args.space,
-        trials=args.trials, proxy=ProxyBudget(steps=args.proxy_steps, batch_size=args.proxy_batch, lr=args.proxy_lr,
-                                              eval_every=args.eval_every, calib_images=args.calib_images),
-        train_images=args.train_images, val_images=args.val_images, profile_images=args.profile_images,
+        proxy=ProxyBudget(**given(steps=args.proxy_steps, batch_size=args.proxy_batch, lr=args.proxy_lr,
+                                  eval_every=args.eval_every, calib_images=args.calib_images)),
+        train_images=args.train_images, val_images=args.val_images,
         constraints=Constraints(max_accuracy_drop=args.max_accuracy_drop, max_retrained=args.max_retrained,
-                                max_latency=args.max_latency_ms, tolerance=args.tolerance),
-        sampler=args.sampler, prior=not args.no_prior, prune_margin=None if args.no_prune else args.prune_margin,
-        latency=args.latency, latency_runs=args.latency_runs, backend=args.backend,
-        baseline_epochs=args.baseline_epochs, out=args.out or f"runs/search-{args.model.replace(':', '_')}",
-        resume=args.resume, seed=args.seed, device=args.device, progress=not args.quiet)
+                                max_latency=args.max_latency_ms, **given(tolerance=args.tolerance)),
+        sampler=args.sampler, prior=not args.no_prior, latency=args.latency, backend=args.backend,
+        out=args.out or f"runs/search-{args.model.replace(':', '_')}",
+        resume=args.resume, seed=args.seed, device=args.device, progress=not args.quiet,
+        **given(trials=args.trials, profile_images=args.profile_images, latency_runs=args.latency_runs,
+                baseline_epochs=args.baseline_epochs), **no_prune)
     res = search(cfg)
     s = res.summary
     c = res.chosen
