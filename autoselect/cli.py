@@ -127,7 +127,13 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--no-prune", action="store_true")
     p.add_argument("--latency", default="auto", choices=["auto", "measure", "cost"])
     p.add_argument("--latency-runs", type=int)
-    p.add_argument("--backend", default="optuna", choices=["optuna", "ray"])
+    p.add_argument("--backend", default="optuna", choices=["optuna", "ray"],
+                   help="optuna: trials one after another here; ray: trials in parallel through Ray Tune")
+    p.add_argument("--address", help="ray: cluster to join (auto, or HOST:PORT); default: a local Ray instance")
+    p.add_argument("--max-concurrent", type=int, help="ray: trials at once (default: as many as the CPUs fit)")
+    p.add_argument("--cpus-per-trial", type=float, help="ray: CPUs (and torch threads) per trial (default 1)")
+    p.add_argument("--gpus-per-trial", type=float, help="ray: GPUs per trial (default 0)")
+    p.add_argument("--max-failures", type=int, help="ray: retries of a trial whose worker died (default 1)")
     p.add_argument("--baseline-epochs", type=int, help="without --weights: FP32 epochs to train first")
     p.add_argument("--out", help="output directory (default: runs/search-MODEL)")
     p.add_argument("--resume", action="store_true", help="continue the study in OUT/study.db")
@@ -349,7 +355,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
 
 def _cmd_search(args: argparse.Namespace) -> int:
-    from autoselect.search import Constraints, ProxyBudget, SearchConfig, search
+    from autoselect.search import Constraints, ProxyBudget, RayOptions, SearchConfig, search
 
     if args.max_retrained is not None and not 0.0 <= args.max_retrained <= 1.0:
         raise AutoselectError(f"--max-retrained is a fraction from 0 to 1, got {args.max_retrained}")
@@ -369,6 +375,9 @@ def _cmd_search(args: argparse.Namespace) -> int:
         constraints=Constraints(max_accuracy_drop=args.max_accuracy_drop, max_retrained=args.max_retrained,
                                 max_latency=args.max_latency_ms, **given(tolerance=args.tolerance)),
         sampler=args.sampler, prior=not args.no_prior, latency=args.latency, backend=args.backend,
+        ray=RayOptions(address=args.address, max_concurrent=args.max_concurrent,
+                       **given(cpus_per_trial=args.cpus_per_trial, gpus_per_trial=args.gpus_per_trial,
+                               max_failures=args.max_failures)),
         out=args.out or f"runs/search-{args.model.replace(':', '_')}",
         resume=args.resume, seed=args.seed, device=args.device, progress=not args.quiet,
         **given(trials=args.trials, profile_images=args.profile_images, latency_runs=args.latency_runs,

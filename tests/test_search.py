@@ -108,7 +108,8 @@ def test_x86_latency_is_measured_once_per_configuration(tmp_path):
 
 @pytest.mark.parametrize("extra, message", [
     (["--space", "nope.yaml"], "search space not found"),
-    (["--backend", "ray"], "issue 5"),
+    (["--backend", "ray", "--cpus-per-trial", "0"], "--cpus-per-trial must be > 0"),
+    (["--backend", "ray", "--address", "127.0.0.1:1"], "cannot reach the Ray cluster at 127.0.0.1:1"),
     (["--max-retrained", "2"], "fraction from 0 to 1"),
     (["--target", "x86", "--weight-bits", "4"], "4-bit weights cannot run on target x86"),
     (["--target", "tpu"], "unknown target 'tpu'"),

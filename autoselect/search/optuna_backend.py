@@ -20,7 +20,7 @@ from autoselect.errors import AutoselectError
 from autoselect.search.objective import Outcome, Pruned
 from autoselect.search.pruning import Finished, ParetoPruner
 
-__all__ = ["SAMPLERS", "open_study", "run_optuna", "trials_frame"]
+__all__ = ["SAMPLERS", "finished_trials", "open_study", "run_optuna", "trials_frame"]
 
 SAMPLERS = ("tpe", "random", "nsga2")
 DIRECTIONS: list[Any] = ["maximize", "minimize", "minimize"]  # top-1, retrained fraction, latency
@@ -70,7 +70,7 @@ def open_study(storage_path: str | Path, *, resume: bool, sampler: str = "tpe", 
     return study
 
 
-def _finished(study: optuna.Study) -> list[Finished]:
+def finished_trials(study: optuna.Study) -> list[Finished]:
     out = []
     for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)):
         hist = {int(k): float(v) for k, v in t.user_attrs.get("history", {}).items()}
@@ -126,7 +126,7 @@ def run_optuna(
             trial.set_user_attr("latency", latency)
             if trial.user_attrs.get("source") == "prior":
                 return False
-            return pruner.should_prune(step, top1, retrained, latency, _finished(study))
+            return pruner.should_prune(step, top1, retrained, latency, finished_trials(study))
 
         try:
             out = evaluate(plan, report)
@@ -167,7 +167,7 @@ def run_optuna(
 
 def trials_frame(study: optuna.Study) -> pd.DataFrame:
     """Every trial: number, state, the three objectives (the last reported top-1 for pruned ones), timing,
-    and its parameters as JSON."""
+    where it came from, (ray backend) its retries and the Ray node it ran on, and its parameters as JSON."""
     rows = []
     for t in study.get_trials(deepcopy=False):
         if t.state == optuna.trial.TrialState.WAITING:
@@ -183,6 +183,7 @@ def trials_frame(study: optuna.Study) -> pd.DataFrame:
         rows.append({"trial": t.number, "state": t.state.name.lower(), "top1": top1, "retrained": retrained,
                      "latency": latency, "ptq_top1": t.user_attrs.get("ptq_top1"),
                      "seconds": t.user_attrs.get("seconds"), "source": t.user_attrs.get("source", "sampler"),
-                     "duplicate_of": t.user_attrs.get("duplicate_of"), "params": json.dumps(t.params, sort_keys=True)})
+                     "duplicate_of": t.user_attrs.get("duplicate_of"), "retries": t.user_attrs.get("retries", 0),
+                     "node": t.user_attrs.get("node"), "params": json.dumps(t.params, sort_keys=True)})
     return pd.DataFrame(rows, columns=["trial", "state", "top1", "retrained", "latency", "ptq_top1", "seconds",
-                                       "source", "duplicate_of", "params"])
+                                       "source", "duplicate_of", "retries", "node", "params"])

@@ -26,9 +26,30 @@ from autoselect.search.prior import group_sensitivity, narrow, warm_starts
 from autoselect.search.pruning import ParetoPruner
 from autoselect.space import SearchSpace, find_space, load_space
 
-__all__ = ["SearchConfig", "SearchResult", "search"]
+__all__ = ["RayOptions", "SearchConfig", "SearchResult", "search"]
 
 BACKENDS = ("optuna", "ray")
+
+
+@dataclass(frozen=True, kw_only=True)
+class RayOptions:
+    """How ``--backend ray`` runs the trials (see :mod:`autoselect.search.ray_backend`)."""
+
+    address: str | None = None  # auto | HOST:PORT of a running cluster; None: a local Ray instance
+    max_concurrent: int | None = None  # default: as many trials as the cluster's CPUs fit
+    cpus_per_trial: float = 1.0  # also the torch threads of each trial
+    gpus_per_trial: float = 0.0
+    max_failures: int = 1  # retries of a trial whose worker died, before it is recorded as failed
+
+    def __post_init__(self) -> None:
+        if self.cpus_per_trial <= 0 or self.gpus_per_trial < 0 or self.max_failures < 0:
+            raise AutoselectError("ray: --cpus-per-trial must be > 0, --gpus-per-trial and --max-failures >= 0")
+        if self.max_concurrent is not None and self.max_concurrent < 1:
+            raise AutoselectError("ray: --max-concurrent must be at least 1")
+        if self.address and self.address.startswith("ray://"):
+            raise AutoselectError("Ray Client addresses (ray://) are not supported: the search writes its study "
+                                  "and outputs where its driver runs. Run it on the head node instead, e.g. "
+                                  "`ray job submit -- autoselect search ... --backend ray --address auto`")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -53,6 +74,7 @@ class SearchConfig:
     latency: str = "auto"  # auto | measure | cost
     latency_runs: int = 100
     backend: str = "optuna"
+    ray: RayOptions = field(default_factory=RayOptions)
     baseline_epochs: int = 15
     out: str = "runs/search"
     resume: bool = False
@@ -130,8 +152,15 @@ def search(cfg: SearchConfig) -> SearchResult:
     """Run (or resume) a search; see the module docstring for what it writes."""
     if cfg.backend not in BACKENDS:
         raise AutoselectError(f"unknown backend {cfg.backend!r}; choose one of {', '.join(BACKENDS)}")
-    if cfg.backend == "ray":
-        raise AutoselectError("the ray backend is not implemented yet (issue 5); use --backend optuna")
+    if cfg.backend == "ray":  # connect first: an unreachable cluster should fail before the profile, not after
+        from autoselect.search.ray_backend import ray_session
+
+        with ray_session(cfg.ray.address):
+            return _search(cfg)
+    return _search(cfg)
+
+
+def _search(cfg: SearchConfig) -> SearchResult:
     if cfg.latency not in ("auto", "measure", "cost"):
         raise AutoselectError(f"latency must be auto, measure or cost, got {cfg.latency!r}")
     from autoselect.evaluate import resolve_device
@@ -219,12 +248,26 @@ def search(cfg: SearchConfig) -> SearchResult:
         best = done.sort_values("top1", ascending=False).iloc[0]
         return f"pruned {pruned}, best {best['top1']:.2f}% @ {100 * best['retrained']:.1f}% retrained"
 
+    pruner = ParetoPruner(margin=cfg.prune_margin or 0.0, enabled=cfg.prune_margin is not None,
+                          warmup_steps=cfg.proxy.steps // 2)
     t0 = time.perf_counter()
-    ran = run_optuna(study, parameters=parameters, make_plan=make_plan, evaluate=evaluator.evaluate,
-                     n_trials=cfg.trials, warm_start=starts,
-                     pruner=ParetoPruner(margin=cfg.prune_margin or 0.0, enabled=cfg.prune_margin is not None,
-                                        warmup_steps=cfg.proxy.steps // 2),
-                     progress=cfg.progress, describe=describe)
+    ray_run = None
+    if cfg.backend == "ray":
+        from autoselect.search.ray_backend import TrialSetup, run_ray
+
+        setup = TrialSetup(model=lm.model, graph=graph, train=train, val=val, budget=cfg.proxy, make_plan=make_plan,
+                           seed=cfg.seed, threads=1, gpus=0.0)
+        r = cfg.ray
+        ray_run = run_ray(study, parameters=parameters, setup=setup, latency=latency, n_trials=cfg.trials,
+                          warm_start=starts, pruner=pruner, address=r.address, max_concurrent=r.max_concurrent,
+                          cpus_per_trial=r.cpus_per_trial, gpus_per_trial=r.gpus_per_trial,
+                          max_failures=r.max_failures, storage_path=str((out / "ray").resolve()),
+                          progress=cfg.progress, describe=describe)
+        ran = ray_run.ran
+    else:
+        ran = run_optuna(study, parameters=parameters, make_plan=make_plan, evaluate=evaluator.evaluate,
+                         n_trials=cfg.trials, warm_start=starts, pruner=pruner, progress=cfg.progress,
+                         describe=describe)
     trials_s = time.perf_counter() - t0
 
     # 5. results
@@ -255,6 +298,7 @@ def search(cfg: SearchConfig) -> SearchResult:
         "chosen_trial": int(chosen["trial"]), "chosen": {k: float(chosen[k]) for k in ("top1", "retrained", "latency")},
         "proxy": asdict(cfg.proxy), "val_images": len(val), "train_images": len(train),
         "constraints": asdict(cfg.constraints), "sampler": cfg.sampler, "prior": cfg.prior, "seed": cfg.seed,
+        "backend": cfg.backend, "ray": ray_run.as_dict() if ray_run is not None else None,
         "seconds": {"profile": profile_s, "trials": trials_s, "total": time.perf_counter() - t_start,
                     "trial_sum": float(df["seconds"].fillna(0).sum())},
     }
