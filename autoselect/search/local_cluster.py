@@ -1,0 +1,119 @@
+"""A real multi-node Ray cluster on one machine, for tests and benchmarks of ``--backend ray``.
+
+Each node is a ``ray start --block`` process of its own (a head on 127.0.0.1, then worker nodes joining it), so
+that killing a node is killing a process. ``ray start`` turns on token authentication; drivers that join the
+cluster need ``RAY_AUTH_MODE=token`` (set in :attr:`LocalCluster.env`).
+
+    with LocalCluster(workers=1) as cluster:
+        subprocess.run(["autoselect", "search", ..., "--backend", "ray", "--address", cluster.address],
+                       env=cluster.env)
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Mapping
+from pathlib import Path
+
+__all__ = ["LocalCluster", "trial_workers"]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class LocalCluster:
+    def __init__(self, *, workers: int = 1, cpus_per_node: int = 1, env: Mapping[str, str] | None = None,
+                 cwd: str | Path | None = None, timeout: float = 120.0) -> None:
+        self.address = f"127.0.0.1:{_free_port()}"
+        self.env = dict(os.environ, RAY_AUTH_MODE="token", RAY_USAGE_STATS_ENABLED="0", **(env or {}))
+        self.cwd = cwd
+        self.cpus = cpus_per_node
+        self.n_workers = workers
+        self.timeout = timeout
+        self.head: subprocess.Popen | None = None
+        self.workers: list[subprocess.Popen] = []
+
+    def _start(self, args: list[str]) -> subprocess.Popen:
+        return subprocess.Popen(["ray", "start", "--block", "--node-ip-address=127.0.0.1", f"--num-cpus={self.cpus}",
+                                 *args], env=self.env, cwd=self.cwd, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL, start_new_session=True)
+
+    def alive_nodes(self) -> int:
+        """Nodes the cluster reports alive, asked from a separate driver process (0 while it does not answer)."""
+        code = (f"import ray; ray.init(address={self.address!r}, logging_level=40); "
+                "print(sum(1 for n in ray.nodes() if n['Alive']))")
+        try:
+            r = subprocess.run([sys.executable, "-c", code], env=self.env, capture_output=True, text=True,
+                               timeout=60)
+        except subprocess.TimeoutExpired:
+            return 0
+        lines = r.stdout.strip().splitlines()
+        return int(lines[-1]) if r.returncode == 0 and lines and lines[-1].isdigit() else 0
+
+    def _wait_for(self, nodes: int, proc: subprocess.Popen, what: str) -> None:
+        deadline = time.time() + self.timeout
+        while self.alive_nodes() < nodes:
+            if proc.poll() is not None or time.time() > deadline:
+                raise RuntimeError(f"the local Ray cluster's {what} did not start")
+            time.sleep(1)
+
+    def start(self) -> LocalCluster:
+        port = self.address.rsplit(":", 1)[1]
+        self.head = self._start(["--head", f"--port={port}", "--include-dashboard=false", "--disable-usage-stats"])
+        self._wait_for(1, self.head, "head")
+        for i in range(self.n_workers):
+            self.workers.append(self._start([f"--address={self.address}"]))
+            self._wait_for(2 + i, self.workers[-1], f"worker node {i + 1}")
+        return self
+
+    @staticmethod
+    def stop_node(proc: subprocess.Popen, *, kill: bool = False) -> None:
+        """SIGTERM lets ``ray start --block`` stop its node's processes; ``kill`` SIGKILLs the whole node."""
+        if proc.poll() is not None:
+            return
+        if kill:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+            return
+        proc.terminate()
+        try:
+            proc.wait(60)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+    def stop(self) -> None:
+        for proc in [*self.workers, *([self.head] if self.head else [])]:
+            self.stop_node(proc)
+
+    def __enter__(self) -> LocalCluster:
+        try:
+            return self.start()
+        except BaseException:
+            self.stop()
+            raise
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def trial_workers() -> list[int]:
+    """PIDs of this machine's Ray worker processes running a Tune trial now (titled ``ray::ImplicitFunc.train``)."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                cmd = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            except OSError:
+                continue
+            if cmd.startswith("ray::ImplicitFunc.train"):
+                pids.append(int(entry.name))
+    return pids
