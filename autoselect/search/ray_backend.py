@@ -299,7 +299,7 @@ def connect(address: str | None, *, num_cpus: int | None = None) -> bool:
         if address:
             ray.init(address=address, **kw)
         else:
-            ray.init(num_cpus=num_cpus, **kw)
+            ray.init(address="local", num_cpus=num_cpus, **kw)  # a new instance, whatever the address file says
     except (ConnectionError, RuntimeError, ValueError) as exc:
         where = f"the Ray cluster at {address}" if address else "a local Ray instance"
         hint = ""
