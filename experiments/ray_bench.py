@@ -1,8 +1,7 @@
 """Issue 5: the Ray backend on this machine: 1 vs 2 concurrent trials, and a fault test on a two-node cluster.
 
-Phase ``concurrency``: the same N-trial search (reference MobileNetV2, CIFAR-10 copy, no pruning so that both runs
-do the same work; the first 8 trials of a study are the prior's plans and seeded random ones, the same in both
-runs) with ``--max-concurrent 1`` and ``2``, one CPU and one torch thread per trial, on a local Ray instance.
+Phase ``concurrency``: the same N-trial search (reference MobileNetV2, CIFAR-10 copy; no pruning and the seeded
+random sampler after the prior's plans, so that both runs train the same plans) with ``--max-concurrent 1`` and ``2``, one CPU and one torch thread per trial, on a local Ray instance.
 The second run reuses the first's profile, so that the ratio compares the trials. Optionally (``--local``) the
 local backend (trials one after another, 2 torch threads) as a reference.
 
@@ -10,7 +9,7 @@ Phase ``fault``: a two-node cluster on this machine (``LocalCluster``: a head an
 ``ray start --block`` process); during the search one trial's worker process is killed with SIGKILL, and later
 the whole worker node. Reports trials launched, retried, failed, finished and present in ``trials.csv``.
 
-    cd experiments && python ray_bench.py --trials 8 --proxy-steps 40
+    cd experiments && python ray_bench.py --trials 16 --proxy-steps 60 --local
 """
 
 from __future__ import annotations
@@ -37,7 +36,7 @@ def _search_args(args, out: Path) -> list[str]:
             "--data", args.data, "--target", "generic-pt", "--weight-bits", "5", "--trials", str(args.trials),
             "--proxy-steps", str(args.proxy_steps), "--proxy-batch", str(args.proxy_batch),
             "--eval-every", str(args.eval_every), "--val-images", str(args.val_images),
-            "--train-images", str(args.train_images), "--profile-images", "256", "--no-prune", "--quiet",
+            "--train-images", str(args.train_images), "--profile-images", "256", "--no-prune", "--sampler", args.sampler, "--quiet",
             "--out", str(out)]
 
 
@@ -138,6 +137,8 @@ def main() -> None:
     ap.add_argument("--eval-every", type=int, default=20)
     ap.add_argument("--val-images", type=int, default=1000)
     ap.add_argument("--train-images", type=int, default=10000)
+    ap.add_argument("--sampler", default="random",
+                    help="random: the same plans whatever the concurrency (TPE's depend on the pending trials)")
     ap.add_argument("--local", action="store_true", help="also time the local backend (2 torch threads)")
     args = ap.parse_args()
     out = Path(args.out)

@@ -70,7 +70,8 @@ class TrialEvaluator:
     """Holds the FP32 model, its layer graph and the data; :meth:`evaluate` runs one plan."""
 
     def __init__(self, model: nn.Module, graph: LayerGraph, train: ImageSet, val: ImageSet, budget: ProxyBudget,
-                 latency: LatencyModel, *, device: torch.device | str = "cpu", seed: int = 0) -> None:
+                 latency: LatencyModel, *, device: torch.device | str = "cpu", seed: int = 0,
+                 ptq_cache: dict[str, float] | None = None) -> None:
         self.model = model.eval()
         self.graph = graph
         self.train, self.val = train, val
@@ -81,7 +82,8 @@ class TrialEvaluator:
         self.calib = train.subset(budget.calib_images, seed=seed)
         # step-0 (PTQ) top-1 per quantization configuration: before training, freeze and QAT layers are quantized
         # alike from the same calibration images, so plans that differ only in what they retrain share it
-        self._ptq_top1: dict[str, float] = {}
+        # (``ptq_cache`` passes one evaluator's cache to another: the Ray backend's trials start from the driver's)
+        self._ptq_top1: dict[str, float] = dict(ptq_cache or {})
 
     def val_top1(self, model: nn.Module) -> float:
         return accuracy(model, self.val.batches(256, device=self.device), device=self.device)
@@ -89,6 +91,10 @@ class TrialEvaluator:
     def apply(self, plan: Plan) -> nn.Module:
         return apply_plan(copy.deepcopy(self.model), plan, self.calib.batches(128, device=self.device),
                           graph=self.graph, device=self.device)
+
+    @property
+    def ptq_cache(self) -> dict[str, float]:
+        return dict(self._ptq_top1)
 
     def ptq_top1(self, plan: Plan) -> float:
         """Validation top-1 of ``plan`` before any training (computed once per quantization configuration)."""

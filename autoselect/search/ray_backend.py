@@ -62,6 +62,7 @@ class TrialSetup:
     seed: int
     threads: int  # torch threads per trial (the trial's CPUs)
     gpus: float
+    ptq_cache: dict[str, float] | None = None  # the driver's step-0 top-1 per quantization configuration
 
 
 @dataclass
@@ -113,7 +114,8 @@ def _trainable(config: dict[str, Any], setup: TrialSetup, latency: Any) -> None:
     torch.set_num_threads(max(1, setup.threads))
     device = "cuda" if setup.gpus > 0 and torch.cuda.is_available() else "cpu"
     evaluator = TrialEvaluator(setup.model, setup.graph, setup.train, setup.val, setup.budget,
-                               _RemoteLatency(latency), device=device, seed=setup.seed)  # type: ignore[arg-type]
+                               _RemoteLatency(latency), device=device, seed=setup.seed,  # type: ignore[arg-type]
+                               ptq_cache=setup.ptq_cache)
     node = ray.get_runtime_context().get_node_id()
     last = setup.budget.steps
 
@@ -135,7 +137,8 @@ class _StudySearch(OptunaSearch):
     PRUNED (OptunaSearch would record its last intermediate values as a COMPLETE result)."""
 
     def __init__(self, study: optuna.Study, parameters: Mapping[str, Sequence[Any]]) -> None:
-        space = {k: optuna.distributions.CategoricalDistribution(list(v)) for k, v in parameters.items()}
+        space: dict[str, optuna.distributions.BaseDistribution] = {
+            k: optuna.distributions.CategoricalDistribution(list(v)) for k, v in parameters.items()}
         super().__init__(space=space, metric=list(METRICS), mode=list(MODES), sampler=study.sampler,
                          study_name=study.study_name, storage=study._storage)
         self._history: dict[str, dict[str, float]] = {}
@@ -171,6 +174,7 @@ class _StudySearch(OptunaSearch):
                     t.set_user_attr(k, result[k])
         elif result and "top1" in result and not error:  # stopped by the scheduler
             t.set_user_attr("pruned_at", int(result["step"]))
+            assert self._ot_study is not None
             self._ot_study.tell(t, state=optuna.trial.TrialState.PRUNED)
             self._completed_trials.add(trial_id)
             return
@@ -353,7 +357,7 @@ def run_ray(
     remaining = max(0, n_trials - finished)
 
     here = ray.get_runtime_context().get_node_id()
-    service = ray.remote(num_cpus=0)(_LatencyService).options(
+    service: Any = ray.remote(num_cpus=0)(_LatencyService).options(
         scheduling_strategy=NodeAffinitySchedulingStrategy(node_id=here, soft=False)).remote(latency)
     searcher = _StudySearch(study, parameters)
     bar = tqdm(total=n_trials, initial=finished, desc="search (ray)", unit="trial", disable=not progress)
@@ -374,7 +378,8 @@ def run_ray(
                                           failure_config=tune.FailureConfig(max_failures=max_failures)),
             )
             grid = tuner.fit()
-            for r in grid:
+            for i in range(len(grid)):
+                r = grid[i]
                 if r.metrics and r.metrics.get("node"):
                     nodes_used.add(r.metrics["node"])
     finally:
