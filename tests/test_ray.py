@@ -66,7 +66,7 @@ def _finished(db: Path) -> list[int]:
 
 def test_search_runs_across_two_nodes_and_matches_the_local_backend(cluster, env, tmp_path):
     out = tmp_path / "ray"
-    proxy = ["--proxy-steps", "60", "--eval-every", "30"]  # long enough that both slots are busy at once
+    proxy = ["--proxy-steps", "200", "--eval-every", "50"]  # trials long enough that both nodes start one
     r = _run(out, cluster, env, "--trials", "5", "--max-concurrent", "2", *proxy)
     assert r.returncode == 0, r.stderr[-2000:]
     for name in ("study.db", "trials.csv", "pareto.csv", "pareto.png", "plan.json", "summary.json"):
