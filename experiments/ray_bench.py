@@ -141,7 +141,7 @@ def main() -> None:
                     help="random: the same plans whatever the concurrency (TPE's depend on the pending trials)")
     ap.add_argument("--local", action="store_true", help="also time the local backend (2 torch threads)")
     args = ap.parse_args()
-    out = Path(args.out)
+    out = Path(args.out).resolve()  # the searches run from the repository root
     out.mkdir(parents=True, exist_ok=True)
     report_path = out / "report.json"
     report = json.loads(report_path.read_text()) if report_path.is_file() else {}

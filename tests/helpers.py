@@ -53,3 +53,36 @@ def random_batches(n_batches: int = 3, batch: int = 8, size: int = 32, classes: 
     g = torch.Generator().manual_seed(seed)
     return [(torch.randn(batch, 3, size, size, generator=g), torch.randint(0, classes, (batch,), generator=g))
             for _ in range(n_batches)]
+
+
+def finished_trials(db) -> list[tuple[int, str]]:
+    """(number, state) of the complete and pruned trials in a search's SQLite study; [] while it is not written."""
+    import sqlite3
+    from pathlib import Path
+
+    if not Path(db).is_file():
+        return []
+    try:
+        with sqlite3.connect(db) as con:
+            return con.execute("SELECT number, state FROM trials WHERE state IN ('COMPLETE', 'PRUNED') "
+                               "ORDER BY number").fetchall()
+    except sqlite3.OperationalError:  # the schema is not written yet
+        return []
+
+
+def kill_when_finished(cmd: list[str], db, n: int, *, cwd, env, timeout: float = 240) -> list[tuple[int, str]]:
+    """Start a search (``cmd``), SIGKILL it once its study ``db`` holds ``n`` finished trials (or at ``timeout``),
+    and return the finished trials it left."""
+    import signal
+    import subprocess
+    import time
+
+    proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + timeout
+    try:
+        while len(finished_trials(db)) < n and time.time() < deadline and proc.poll() is None:
+            time.sleep(0.5)
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    return finished_trials(db)

@@ -21,6 +21,7 @@ import torch
 from autoselect.cli import main
 from autoselect.search.local_cluster import LocalCluster, trial_workers
 
+from .helpers import finished_trials, kill_when_finished
 from .test_search import SMALL
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
@@ -52,16 +53,6 @@ def _search_cmd(out: Path, address: str, *extra: str) -> list[str]:
 def _run(out: Path, address: str, env: dict, *extra: str, timeout: float = 300) -> subprocess.CompletedProcess:
     return subprocess.run(_search_cmd(out, address, *extra), cwd=ROOT, env=env, capture_output=True, text=True,
                           timeout=timeout)
-
-
-def _finished(db: Path) -> list[int]:
-    if not db.is_file():
-        return []
-    try:
-        with sqlite3.connect(db) as con:
-            return [n for (n,) in con.execute("SELECT number FROM trials WHERE state IN ('COMPLETE', 'PRUNED')")]
-    except sqlite3.OperationalError:  # the study is being created
-        return []
 
 
 def test_search_runs_across_two_nodes_and_matches_the_local_backend(cluster, env, tmp_path):
@@ -107,7 +98,7 @@ def test_trial_worker_killed_mid_trial_is_retried_and_the_search_finishes(cluste
     try:
         while killed is None and time.time() < deadline and proc.poll() is None:
             # wait for a trial that trains (the prior's first plan, all frozen, finishes at once)
-            workers = trial_workers() if len(_finished(out / "study.db")) >= 1 else []
+            workers = trial_workers() if len(finished_trials(out / "study.db")) >= 1 else []
             if workers:
                 time.sleep(1.0)  # mid-trial
                 if workers[0] in trial_workers():
@@ -135,23 +126,15 @@ def test_trial_worker_killed_mid_trial_is_retried_and_the_search_finishes(cluste
 
 def test_killed_ray_search_resumes_without_redoing_finished_trials(cluster, env, tmp_path):
     out = tmp_path / "resume"
-    proc = subprocess.Popen(_search_cmd(out, cluster, "--trials", "40", "--proxy-steps", "100", "--no-prune"),
-                            cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 240
-    try:
-        while len(_finished(out / "study.db")) < 3 and time.time() < deadline and proc.poll() is None:
-            time.sleep(0.5)
-    finally:
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
-    before = _finished(out / "study.db")
+    before = kill_when_finished(_search_cmd(out, cluster, "--trials", "40", "--proxy-steps", "100", "--no-prune"),
+                                out / "study.db", 3, cwd=ROOT, env=env)
     assert 3 <= len(before) < 40, "the search did not finish 3 trials in time"
     with sqlite3.connect(out / "study.db") as con:
         values_before = set(con.execute("SELECT trial_id, objective, value FROM trial_values"))
     n = len(before) + 2
     r = _run(out, cluster, env, "--trials", str(n), "--resume", "--no-prune")
     assert r.returncode == 0, r.stderr[-2000:]
-    after = _finished(out / "study.db")
+    after = finished_trials(out / "study.db")
     assert set(before) <= set(after) and len(after) == n
     with sqlite3.connect(out / "study.db") as con:
         values_after = set(con.execute("SELECT trial_id, objective, value FROM trial_values"))

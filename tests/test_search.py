@@ -4,11 +4,8 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import sqlite3
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import optuna
@@ -21,7 +18,7 @@ from autoselect.plan import load_plan
 from autoselect.search.latency import LatencyModel
 from autoselect.search.objective import ProxyBudget, Pruned, TrialEvaluator
 
-from .helpers import tiny_net
+from .helpers import finished_trials, kill_when_finished, tiny_net
 
 TINY = ["--model", "tests.helpers:tiny_net", "--quiet"]
 SMALL = [*TINY, "--data", "digits", "--baseline-epochs", "8", "--proxy-steps", "6", "--proxy-batch", "32",
@@ -160,17 +157,6 @@ def test_evaluator_raises_pruned_when_report_says_so():
     assert calls == [] and ptq.retrained == 0.0 and ptq.top1 == out.history[0][1] == out.ptq_top1
 
 
-def _finished(db: Path) -> list[tuple[int, str]]:
-    if not db.is_file():
-        return []
-    try:
-        with sqlite3.connect(db) as con:
-            return con.execute("SELECT number, state FROM trials WHERE state IN ('COMPLETE', 'PRUNED') "
-                               "ORDER BY number").fetchall()
-    except sqlite3.OperationalError:
-        return []
-
-
 @pytest.mark.slow
 def test_search_killed_with_sigkill_resumes_without_losing_finished_trials(tmp_path):
     out = tmp_path / "killed"
@@ -178,15 +164,7 @@ def test_search_killed_with_sigkill_resumes_without_losing_finished_trials(tmp_p
     cmd = [sys.executable, "-c", "import sys; from autoselect.cli import main; sys.exit(main(sys.argv[1:]))",
            "search", *SMALL, "--proxy-steps", "30", "--out", str(out), "--trials", "40", "--target", "generic-pt",
            "--weight-bits", "4", "--no-prune"]
-    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 240
-    try:
-        while len(_finished(out / "study.db")) < 3 and time.time() < deadline and proc.poll() is None:
-            time.sleep(0.5)
-    finally:
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
-    before = _finished(out / "study.db")
+    before = kill_when_finished(cmd, out / "study.db", 3, cwd=ROOT, env=env)
     assert len(before) >= 3, "the search did not finish 3 trials in time"
     assert len(before) < 40
     with sqlite3.connect(out / "study.db") as con:
@@ -195,7 +173,7 @@ def test_search_killed_with_sigkill_resumes_without_losing_finished_trials(tmp_p
     n = len(before) + 2
     assert main(["search", *SMALL, "--out", str(out), "--trials", str(n), "--resume", "--target", "generic-pt",
                  "--weight-bits", "4", "--no-prune"]) == 0
-    after = _finished(out / "study.db")
+    after = finished_trials(out / "study.db")
     assert set(before) <= set(after) and len(after) == n
     with sqlite3.connect(out / "study.db") as con:
         values_after = con.execute("SELECT trial_id, objective, value FROM trial_values ORDER BY trial_id, "

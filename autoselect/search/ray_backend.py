@@ -372,7 +372,9 @@ def run_ray(
             tuner = tune.Tuner(
                 trainable,
                 tune_config=tune.TuneConfig(search_alg=searcher, num_samples=remaining,
-                                            max_concurrent_trials=concurrent, reuse_actors=True,
+                                            # reusing trial actors kept every trial on one node of a two-node
+                                            # cluster (tests/test_ray.py): a fresh worker per trial spreads them
+                                            max_concurrent_trials=concurrent, reuse_actors=False,
                                             scheduler=_ParetoScheduler(pruner or ParetoPruner(), searcher, study)),
                 run_config=tune.RunConfig(storage_path=storage_path, verbose=0, callbacks=[callback],
                                           failure_config=tune.FailureConfig(max_failures=max_failures)),
