@@ -27,7 +27,7 @@ import os
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import optuna
@@ -60,8 +60,8 @@ class TrialSetup:
     budget: ProxyBudget
     make_plan: Callable[[Mapping[str, Any]], Any]
     seed: int
-    threads: int  # torch threads per trial (the trial's CPUs)
-    gpus: float
+    threads: int = 1  # torch threads per trial (run_ray sets it from the trial's CPUs)
+    gpus: float = 0.0
     ptq_cache: dict[str, float] | None = None  # the driver's step-0 top-1 per quantization configuration
 
 
@@ -165,7 +165,7 @@ class _StudySearch(OptunaSearch):
         t = self.ot_trial(trial_id)
         if t is None or trial_id in self._completed_trials:
             return
-        if result and "top1" in result:
+        if result and "top1" in result:  # Tune does not pass on the result that made its scheduler stop a trial
             self.on_trial_result(trial_id, result)
         if result and result.get("final") and not error:
             t.set_user_attr("key", json.dumps(t.params, sort_keys=True))
@@ -291,7 +291,7 @@ def ray_session(address: str | None) -> Iterator[None]:
             ray.shutdown()
 
 
-def connect(address: str | None, *, num_cpus: int | None = None) -> bool:
+def connect(address: str | None) -> bool:
     """Join the cluster at ``address`` (``auto`` or ``HOST:PORT``), or start a local Ray instance when it is None.
     Returns whether this call started Ray (and the caller should shut it down)."""
     if ray.is_initialized():
@@ -303,7 +303,7 @@ def connect(address: str | None, *, num_cpus: int | None = None) -> bool:
         if address:
             ray.init(address=address, **kw)
         else:
-            ray.init(address="local", num_cpus=num_cpus, **kw)  # a new instance, whatever the address file says
+            ray.init(address="local", **kw)  # a new instance, whatever the address file says
     except (ConnectionError, RuntimeError, ValueError) as exc:
         where = f"the Ray cluster at {address}" if address else "a local Ray instance"
         hint = ""
@@ -362,8 +362,7 @@ def run_ray(
     searcher = _StudySearch(study, parameters)
     bar = tqdm(total=n_trials, initial=finished, desc="search (ray)", unit="trial", disable=not progress)
     callback = _Progress(searcher, study, bar, progress, describe)
-    setup.threads = max(1, int(cpus_per_trial))
-    setup.gpus = gpus_per_trial
+    setup = replace(setup, threads=max(1, int(cpus_per_trial)), gpus=gpus_per_trial)
     trainable = tune.with_resources(tune.with_parameters(_trainable, setup=setup, latency=service),
                                     {"cpu": cpus_per_trial, "gpu": gpus_per_trial})
     nodes_used: set[str] = set()
