@@ -129,7 +129,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--latency-runs", type=int)
     p.add_argument("--backend", default="optuna", choices=["optuna", "ray"],
                    help="optuna: trials one after another here; ray: trials in parallel through Ray Tune")
-    p.add_argument("--address", help="ray: cluster to join (auto, or HOST:PORT); default: a local Ray instance")
+    p.add_argument("--address", help="ray: cluster to join (auto, HOST:PORT, or ray://HOST:PORT through Ray "
+                   "Client from outside the cluster); default: a local Ray instance")
     p.add_argument("--max-concurrent", type=int, help="ray: trials at once (default: as many as the CPUs fit)")
     p.add_argument("--cpus-per-trial", type=float, help="ray: CPUs (and torch threads) per trial (default 1)")
     p.add_argument("--gpus-per-trial", type=float, help="ray: GPUs per trial (default 0)")

@@ -10,6 +10,7 @@ import signal
 import sqlite3
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -142,3 +143,34 @@ def test_killed_ray_search_resumes_without_redoing_finished_trials(cluster, env,
     assert values_before <= values_after and running == 0
     summary = json.loads((out / "summary.json").read_text())
     assert summary["ray"]["ran"] == 2  # only the missing trials ran again
+
+
+def test_search_through_ray_client_returns_its_outputs_and_resumes_after_the_client_is_killed(ray_cluster, env,
+                                                                                                   tmp_path):
+    """--address ray://: the search runs in a task on the head node, its outputs come back here; a killed client
+    resumes from the head node's copy of the study."""
+    from autoselect.search.ray_client import WORK_ROOT, work_key
+
+    out = tmp_path / "client"
+    head_work = Path(tempfile.gettempdir()) / WORK_ROOT / work_key(out)
+    client_env = dict(env, RAY_CLIENT_RECONNECT_GRACE_PERIOD="3")  # the killed client's task stops 3 s later
+    address = ray_cluster.client_address
+    before = kill_when_finished(_search_cmd(out, address, "--trials", "40", "--proxy-steps", "100", "--no-prune"),
+                                head_work / "study.db", 2, cwd=ROOT, env=client_env)
+    assert 2 <= len(before) < 40, "the search did not finish 2 trials on the head node in time"
+    assert not (out / "study.db").exists()  # outputs come back at the end only
+    n = len(before) + 1
+    r = _run(out, address, client_env, "--trials", str(n), "--resume", "--no-prune")
+    assert r.returncode == 0, r.stderr[-2000:]
+    for name in ("study.db", "trials.csv", "pareto.csv", "pareto.png", "plan.json", "summary.json", "profile"):
+        assert (out / name).exists(), name  # written here, by the client
+    assert not head_work.exists()  # the head node's work folder is removed once its files came back
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["ray_client"]["origin"].startswith("resuming from the head node's copy")
+    assert summary["ray"]["nodes"] == 2 and summary["ray"]["ran"] == 1
+    after = finished_trials(out / "study.db")
+    assert set(before) <= set(after) and len(after) == n
+    trials = pd.read_csv(out / "trials.csv")
+    assert len(trials[trials["state"].isin(["complete", "pruned"])]) == n
+    plan = json.loads((out / "plan.json").read_text())
+    assert plan["model"]["name"]

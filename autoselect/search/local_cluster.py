@@ -33,6 +33,7 @@ class LocalCluster:
     def __init__(self, *, workers: int = 1, cpus_per_node: int = 1, env: Mapping[str, str] | None = None,
                  cwd: str | Path | None = None, timeout: float = 120.0) -> None:
         self.address = f"127.0.0.1:{_free_port()}"
+        self.client_address = f"ray://127.0.0.1:{_free_port()}"  # the head's Ray Client server
         self.env = dict(os.environ, RAY_AUTH_MODE="token", RAY_USAGE_STATS_ENABLED="0", **(env or {}))
         self.cwd = cwd
         self.cpus = cpus_per_node
@@ -67,7 +68,9 @@ class LocalCluster:
 
     def start(self) -> LocalCluster:
         port = self.address.rsplit(":", 1)[1]
-        self.head = self._start(["--head", f"--port={port}", "--include-dashboard=false", "--disable-usage-stats"])
+        client_port = self.client_address.rsplit(":", 1)[1]
+        self.head = self._start(["--head", f"--port={port}", f"--ray-client-server-port={client_port}",
+                                 "--include-dashboard=false", "--disable-usage-stats"])
         self._wait_for(1, self.head, "head")
         for i in range(self.n_workers):
             self.workers.append(self._start([f"--address={self.address}"]))

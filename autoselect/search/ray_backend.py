@@ -272,7 +272,7 @@ def _check_reachable(address: str, timeout: float = 5.0) -> None:
 
     host, _, port = address.rpartition(":")
     if not host or not port.isdigit():
-        raise AutoselectError(f"--address must be auto or HOST:PORT, got {address!r}")
+        raise AutoselectError(f"--address must be auto, HOST:PORT or ray://HOST:PORT, got {address!r}")
     try:
         socket.create_connection((host, int(port)), timeout=timeout).close()
     except OSError as exc:
@@ -291,16 +291,35 @@ def ray_session(address: str | None) -> Iterator[None]:
             ray.shutdown()
 
 
+def _init_client(address: str, kw: dict[str, Any], attempts: int = 3) -> None:
+    """Ray Client's server sometimes refuses a first connection with an empty "Initialization failure" while the
+    process that will serve this client starts (seen on a loaded 2-core machine): try again a few times."""
+    for attempt in range(attempts):
+        try:
+            ray.init(address=address, **kw)
+            return
+        except ConnectionAbortedError:
+            if attempt == attempts - 1:
+                raise
+            time.sleep(5.0)
+
+
 def connect(address: str | None) -> bool:
-    """Join the cluster at ``address`` (``auto`` or ``HOST:PORT``), or start a local Ray instance when it is None.
+    """Join the cluster at ``address`` (``auto``, ``HOST:PORT`` or ``ray://HOST:PORT``), or start a local Ray instance when it is None.
     Returns whether this call started Ray (and the caller should shut it down)."""
     if ray.is_initialized():
         return False
+    client = bool(address) and str(address).startswith("ray://")
     if address:
-        _check_reachable(_resolve(address))
-    kw: dict[str, Any] = {"include_dashboard": False, "logging_level": logging.WARNING, "log_to_driver": False}
+        _check_reachable(address.removeprefix("ray://") if client else _resolve(address))
+    # a Ray Client's search runs in a task on the head node: its progress reaches this terminal as worker logs
+    kw: dict[str, Any] = {"logging_level": logging.WARNING, "log_to_driver": client}
+    if not client:
+        kw["include_dashboard"] = False
     try:
-        if address:
+        if client:
+            _init_client(str(address), kw)
+        elif address:
             ray.init(address=address, **kw)
         else:
             ray.init(address="local", **kw)  # a new instance, whatever the address file says
@@ -310,7 +329,8 @@ def connect(address: str | None) -> bool:
         if "auth" in repr(exc.__cause__).lower() or "token" in str(exc).lower():
             hint = (" (the cluster uses token authentication: set RAY_AUTH_MODE=token and give this machine its "
                     "token, in ~/.ray/auth_token or RAY_AUTH_TOKEN)")
-        raise AutoselectError(f"cannot start or reach {where}: {str(exc).splitlines()[0]}{hint}") from None
+        msg = " ".join(line.strip() for line in str(exc).splitlines() if line.strip())
+        raise AutoselectError(f"cannot start or reach {where}: {msg}{hint}") from None
     return True
 
 

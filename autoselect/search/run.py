@@ -35,7 +35,7 @@ BACKENDS = ("optuna", "ray")
 class RayOptions:
     """How ``--backend ray`` runs the trials (see :mod:`autoselect.search.ray_backend`)."""
 
-    address: str | None = None  # auto | HOST:PORT of a running cluster; None: a local Ray instance
+    address: str | None = None  # auto | HOST:PORT | ray://HOST:PORT (Ray Client); None: a local Ray instance
     max_concurrent: int | None = None  # default: as many trials as the cluster's CPUs fit
     cpus_per_trial: float = 1.0  # also the torch threads of each trial
     gpus_per_trial: float = 0.0
@@ -46,10 +46,6 @@ class RayOptions:
             raise AutoselectError("ray: --cpus-per-trial must be > 0, --gpus-per-trial and --max-failures >= 0")
         if self.max_concurrent is not None and self.max_concurrent < 1:
             raise AutoselectError("ray: --max-concurrent must be at least 1")
-        if self.address and self.address.startswith("ray://"):
-            raise AutoselectError("Ray Client addresses (ray://) are not supported: the search writes its study "
-                                  "and outputs where its driver runs. Run it on the head node instead, e.g. "
-                                  "`ray job submit -- autoselect search ... --backend ray --address auto`")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -154,13 +150,18 @@ def search(cfg: SearchConfig) -> SearchResult:
         raise AutoselectError(f"unknown backend {cfg.backend!r}; choose one of {', '.join(BACKENDS)}")
     if cfg.backend == "ray":  # connect first: an unreachable cluster should fail before the profile, not after
         from autoselect.search.ray_backend import ray_session
+        from autoselect.search.ray_client import is_client_address, search_via_client
 
+        if is_client_address(cfg.ray.address):
+            return search_via_client(cfg)
         with ray_session(cfg.ray.address):
             return _search(cfg)
     return _search(cfg)
 
 
-def _search(cfg: SearchConfig) -> SearchResult:
+def _search(cfg: SearchConfig, prepared: Any = None) -> SearchResult:
+    """The search itself, on a connected Ray or none; ``prepared``: the model and data, when a Ray Client has
+    loaded them already (:mod:`autoselect.search.ray_client`)."""
     if cfg.latency not in ("auto", "measure", "cost"):
         raise AutoselectError(f"latency must be auto, measure or cost, got {cfg.latency!r}")
     from autoselect.evaluate import resolve_device
@@ -177,7 +178,7 @@ def _search(cfg: SearchConfig) -> SearchResult:
     space, target = _space(cfg, cfg.target)
     study = open_study(out / "study.db", resume=cfg.resume, sampler=cfg.sampler, seed=cfg.seed,
                        startup=len(space.prior_budgets) + 4)
-    prep = _prepare(cfg, out)
+    prep = prepared if prepared is not None else _prepare(cfg, out)
     assert prep.train is not None
     lm = prep.loaded
     size = lm.input_size
