@@ -35,16 +35,58 @@ def _model(data):
     return model.eval()
 
 
-def test_deploy_model_is_the_folded_float_model_with_smoothing_explicit():
+def test_deploy_model_is_the_folded_float_model_with_smoothing_folded_or_explicit():
+    import copy
+
+    import torch.nn as nn
+
+    from autoselect.models import build_layer_graph
+
     data = _data()
-    plan = Plan(layers={"role:depthwise": LayerAction(smooth=True), "_default": LayerAction()}, target="x86")
+    # depthwise layers: fed by their expansion conv through ReLU6 alone, so their scale folds into it; the
+    # expansion of blocks.2 reads its block's input (shared with the shortcut), so its scale stays a Mul
+    plan = Plan(layers={"role:depthwise": LayerAction(smooth=True), "blocks.2.conv.0": LayerAction(smooth=True),
+                        "_default": LayerAction()}, target="x86")
     model = _model(data)
     q = apply_plan(model, plan, data)
     set_mode(q, "fp32")
     x = data[0][0]
     deployed = deploy_model(q)
-    torch.testing.assert_close(deployed(x), model(x), rtol=1e-4, atol=1e-4)
-    assert type(deployed.get_submodule("blocks.0.conv.3")).__name__ == "SmoothedLayer"
+    assert type(deployed.get_submodule("blocks.2.conv.0")).__name__ == "SmoothedLayer"
+    assert not any(type(deployed.get_submodule(f"blocks.{i}.conv.3")).__name__ == "SmoothedLayer" for i in range(3))
+    # folded: the expansion's ReLU6 became a ReLU (the integer model's requantization clips instead)
+    expected = copy.deepcopy(model)
+    graph = build_layer_graph(model)
+    for i in range(3):
+        act = graph[f"blocks.{i}.conv.0"].activation_path
+        assert act is not None and isinstance(deployed.get_submodule(act), nn.ReLU)
+        parent, _, name = act.rpartition(".")
+        setattr(expected.get_submodule(parent), name, nn.ReLU())
+    torch.testing.assert_close(deployed(x), expected(x), rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(deployed(3 * x), expected(3 * x), rtol=1e-4, atol=1e-4)
+
+
+def test_folded_smoothing_exports_without_extra_ops_and_matches_simulation(tmp_path):
+    import onnx
+
+    data = _data()
+    model = _model(data)
+    x = torch.cat([b[0] for b in data])
+    ops = {}
+    for name, layers in (("plain", {"_default": LayerAction()}),
+                         ("smoothed", {"role:depthwise": LayerAction(smooth=True), "_default": LayerAction()})):
+        q = apply_plan(model, Plan(layers=layers, target="x86"), data)
+        res = export(q, data, tmp_path / name, target="x86")
+        sess = ort_session(res.int8_path)
+        ops[name] = sorted(n.op_type for n in onnx.load(str(res.int8_path)).graph.node)
+        with torch.no_grad():
+            sim = q(x).numpy()
+            fp = deploy_model(q)(x).numpy()
+        real = sess.run(None, {"input": x.numpy()})[0]
+        assert (real.argmax(1) == sim.argmax(1)).mean() >= 0.95, name
+        assert np.abs(real - sim).mean() < 0.3 * np.abs(fp - sim).mean(), name
+    assert "Mul" not in ops["smoothed"]
+    assert ops["smoothed"] == ops["plain"]  # the same integer graph: smoothing costs no latency
 
 
 @pytest.mark.parametrize("target, act", [("x86", None), ("x86", "asym"), ("qnnpack", None), ("qnnpack", "sym")])

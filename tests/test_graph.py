@@ -78,3 +78,18 @@ def test_activation_and_block_input_are_traced(tiny):
     r = build_layer_graph(create_model("resnet18", num_classes=10))
     assert r["layer1.0.conv1"].activation == "ReLU" and r["layer1.0.conv2"].activation is None
     assert r["layer2.0.conv1"].reads_block_input and r["layer2.0.downsample.0"].reads_block_input
+
+
+def test_fed_by_is_the_sole_producer_of_a_layers_input(tiny):
+    g = build_layer_graph(tiny)
+    assert g["blocks.0.conv.3"].fed_by == "blocks.0.conv.0"  # expand -> BN -> ReLU6 -> depthwise
+    assert g["blocks.0.conv.0"].activation_path == "blocks.0.conv.2"
+    assert g["blocks.0.conv.6"].fed_by == "blocks.0.conv.3"
+    assert g["blocks.0.conv.0"].fed_by is None  # reads its block's input, which the shortcut reads too
+    assert g["blocks.1.conv.0"].fed_by is None  # reads the residual sum, not a layer's output
+    m = build_layer_graph(create_model("mobilenet_v2", num_classes=10))
+    assert m["features.2.conv.0.0"].fed_by == "features.1.conv.1"  # no shortcut in features.2: the projection alone
+    assert m["features.3.conv.0.0"].fed_by is None  # features.3 has a shortcut
+    r = build_layer_graph(create_model("resnet18", num_classes=10))
+    # the same ReLU module runs twice in a BasicBlock (after bn1 and after the sum): not a private activation
+    assert r["layer1.0.conv1"].activation_path == "layer1.0.relu" and r["layer1.0.conv2"].fed_by is None

@@ -24,6 +24,7 @@ from autoselect.quant import (
     weight_qparams,
 )
 from autoselect.models import build_layer_graph
+from tests.helpers import random_batches, tiny_net
 
 
 def test_integer_ranges():
@@ -156,3 +157,24 @@ def test_targets_follow_mqbench_table():
     assert _parts("x86")[1].bits == 7  # reduce_range against 16-bit saturation
     with pytest.raises(AutoselectError, match="unknown target 'tensorrtt'.*did you mean tensorrt"):
         get_target("tensorrtt")
+
+
+def test_smoothing_folds_into_the_producer_and_its_relu6_clips_on_the_grid():
+    from autoselect.plan import LayerAction, Plan
+    from autoselect.quant.apply import apply_plan
+    from autoselect.quant.simulate import GridClip
+
+    data = random_batches(2)
+    plan = Plan(layers={"role:depthwise": LayerAction(smooth=True), "blocks.2.conv.0": LayerAction(smooth=True),
+                        "_default": LayerAction()}, target="x86")
+    q = apply_plan(tiny_net(), plan, data)
+    layers = quant_layers(q)
+    assert layers["blocks.1.conv.3"].smooth_folded_into == "blocks.1.conv.0"
+    assert layers["blocks.2.conv.0"].smooth_folded_into is None  # reads the block input: keeps its Mul
+    clip = q.get_submodule("blocks.1.conv.2")
+    assert isinstance(clip, GridClip)
+    set_mode(q, "fp32")
+    assert clip(torch.full((1, 4, 1, 1), 10.0)).max().item() == 6.0  # calibration and the FP32 reference: ReLU6
+    set_mode(q, "quant")
+    assert clip(torch.full((1, 4, 1, 1), 10.0)).max().item() == 10.0  # quantized: the consumer's grid clips
+    assert len(quant_layers(q)) == len(layers)  # the consumer is not registered twice

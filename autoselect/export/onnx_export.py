@@ -146,6 +146,8 @@ def export(
         raise AutoselectError(f"exported graph lost layer {missing[0]!r} ({len(missing)} in all)")
     overrides: dict[str, list[dict[str, Any]]] = {}
     exclude, fp32_layers = [], []
+    folded = {ql.smooth_folded_into: ql.smooth_scale for ql in layers.values()
+              if ql.smooth_folded_into is not None and ql.smooth_scale is not None}
     for path, ql in layers.items():
         node = nodes[path]
         if ql.spec is None:
@@ -158,6 +160,8 @@ def export(
                 overrides[tensor] = [_override(tq.symmetric, scale, zp)]
         if ql.spec.weight is not None:  # the weights' exact grid too, channel by channel
             w_scale, w_zp = ql.weight_qparams()
+            if path in folded:  # the consumer's smoothing scale is folded into these weights (per channel)
+                w_scale = w_scale.reshape(-1) * folded[path].reshape(-1).to(w_scale)
             sym = ql.spec.weight.symmetric
             per_channel = [_override(sym, s_, z_) for s_, z_ in zip(w_scale.reshape(-1).cpu(), w_zp.reshape(-1).cpu())]
             if ql.spec.weight.per_channel:

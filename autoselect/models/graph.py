@@ -11,7 +11,9 @@ Everything is derived from the module structure and one traced forward pass, not
   it is ``project``; the first conv of the model is ``stem``; a ``Linear`` with no conv after it is
   ``classifier``; everything else is ``conv`` (or ``linear``);
 - **BatchNorm pairs**: a ``BatchNorm2d`` whose input is exactly a conv's output is folded into that conv;
-- **activation**: the leaf module applied to a layer's (BN'd) output, e.g. ``ReLU6``, if any;
+- **activation**: the leaf module applied to a layer's (BN'd) output, e.g. ``ReLU6``, if any, and its path;
+- **fed_by**: the layer whose output, through its BatchNorm and activation only, is this layer's input and is read
+  by nothing else (no shortcut, no second branch): a per-input-channel scale of this layer can be folded into it;
 - **MACs** are counted from the traced shapes for the given input size.
 """
 
@@ -50,6 +52,8 @@ class LayerInfo:
     bn: str | None = None  # path of the BatchNorm2d folded into this layer
     reads_block_input: bool = False  # its input is its block's input tensor (shared with a shortcut, if any)
     activation: str | None = None  # class name of the activation module applied right after it (BN folded)
+    activation_path: str | None = None  # that module's path
+    fed_by: str | None = None  # the layer whose (BN'd, activated) output only this layer reads
 
 
 @dataclass
@@ -127,8 +131,39 @@ class _Call:
     input_id: int
 
 
-def _trace(model: nn.Module, example: torch.Tensor
-           ) -> tuple[list[_Call], dict[str, str], dict[str, int], dict[str, str]]:
+class _FunctionReads(torch.overrides.TorchFunctionMode):
+    """Counts reads of each tensor by torch functions called outside leaf modules (``x + out``, ``torch.cat``)."""
+
+    _META = {"__get__", "size", "dim", "numel", "stride", "is_contiguous", "storage_offset", "data_ptr"}
+
+    def __init__(self, reads: dict[tuple[int, int], int], depth: list[int], keep: list[torch.Tensor]) -> None:
+        super().__init__()
+        self.reads, self.depth, self.keep = reads, depth, keep
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        if self.depth[0] == 0 and getattr(func, "__name__", "") not in self._META:
+            for a in [*args, *(kwargs or {}).values()]:
+                for t in (a if isinstance(a, (list, tuple)) else [a]):
+                    if isinstance(t, torch.Tensor):
+                        key = (id(t), t._version)
+                        self.reads[key] = self.reads.get(key, 0) + 1
+        out = func(*args, **(kwargs or {}))
+        if isinstance(out, torch.Tensor):
+            self.keep.append(out)
+        return out
+
+
+@dataclass
+class _Trace:
+    calls: list[_Call]
+    bn_of: dict[str, str]
+    module_input: dict[str, int]
+    activation_of: dict[str, str]
+    activation_path: dict[str, str]
+    fed_by: dict[str, str]
+
+
+def _trace(model: nn.Module, example: torch.Tensor) -> _Trace:
     calls: list[_Call] = []
     seen: set[str] = set()
     conv_out: dict[int, str] = {}
@@ -139,10 +174,24 @@ def _trace(model: nn.Module, example: torch.Tensor
     # an in-place op in between (``out += identity``) bumps the version, so it is not mistaken for an activation
     produced_by: dict[int, tuple[str, int]] = {}
     activation_of: dict[str, str] = {}
+    activation_path: dict[str, str] = {}
+    applying: dict[str, str] = {}  # activation module path -> the layer whose output it is being applied to
+    activated: dict[int, tuple[str, int]] = {}  # output id of a layer's activation -> (layer, version)
+    candidates: dict[str, tuple[str, tuple[int, int]]] = {}  # layer -> (layer feeding it, its input's key)
+    reads: dict[tuple[int, int], int] = {}  # (tensor id, version) -> leaf modules and functions that read it
+    runs: dict[str, int] = {}  # leaf module path -> times it ran (a ReLU module may serve two places)
+    depth = [0]  # leaf modules being run (functions inside them are not counted as reads)
     keep: list[torch.Tensor] = []  # keeps traced tensors alive so that their ids are not reused
+
+    def read(x: torch.Tensor) -> None:
+        key = (id(x), x._version)
+        reads[key] = reads.get(key, 0) + 1
 
     def hook(path: str):
         def fn(mod: nn.Module, inputs: tuple, output: object) -> None:
+            leaf = not list(mod.children())
+            if leaf:
+                depth[0] -= 1
             x = inputs[0] if inputs and isinstance(inputs[0], torch.Tensor) else None
             if not isinstance(output, torch.Tensor) or x is None:
                 return
@@ -151,9 +200,14 @@ def _trace(model: nn.Module, example: torch.Tensor
             if isinstance(mod, _POOLS) or id(x) in pooled:
                 if not list(mod.children()):
                     pooled.add(id(output))
+            if path in applying:
+                activated[id(output)] = (applying.pop(path), output._version)
             if isinstance(mod, QUANTIZABLE) and path not in seen:
                 seen.add(path)
                 calls.append(_Call(path, mod, tuple(x.shape), tuple(output.shape), id(x) in pooled, id(x)))
+                src = activated.get(id(x)) or produced_by.get(id(x))
+                if src is not None and src[1] == x._version:
+                    candidates[path] = (src[0], (id(x), x._version))
                 produced_by[id(output)] = (path, output._version)
                 if isinstance(mod, nn.Conv2d):
                     conv_out[id(output)] = path
@@ -164,25 +218,44 @@ def _trace(model: nn.Module, example: torch.Tensor
 
         return fn
 
-    def pre_hook(mod: nn.Module, inputs: tuple) -> None:
-        x = inputs[0] if inputs and isinstance(inputs[0], torch.Tensor) else None
-        src = produced_by.get(id(x)) if x is not None else None
-        if src is not None and x is not None and x._version == src[1]:
-            activation_of.setdefault(src[0], type(mod).__name__)
+    def leaf_pre_hook(path: str):
+        def fn(mod: nn.Module, inputs: tuple) -> None:
+            for x in inputs:
+                if isinstance(x, torch.Tensor):
+                    read(x)
+            runs[path] = runs.get(path, 0) + 1
+            depth[0] += 1
 
+        return fn
+
+    def pre_hook(path: str):
+        def fn(mod: nn.Module, inputs: tuple) -> None:
+            x = inputs[0] if inputs and isinstance(inputs[0], torch.Tensor) else None
+            src = produced_by.get(id(x)) if x is not None else None
+            if src is not None and x is not None and x._version == src[1] and src[0] not in activation_of:
+                activation_of[src[0]] = type(mod).__name__
+                activation_path[src[0]] = path
+                applying[path] = src[0]
+
+        return fn
+
+    leaves = [(p, m) for p, m in model.named_modules() if p and not list(m.children())]
     handles = [m.register_forward_hook(hook(p)) for p, m in model.named_modules() if p]
-    handles += [m.register_forward_pre_hook(pre_hook) for p, m in model.named_modules()
-                if p and not list(m.children()) and not isinstance(m, (nn.BatchNorm2d, *QUANTIZABLE))]
+    handles += [m.register_forward_pre_hook(leaf_pre_hook(p)) for p, m in leaves]
+    handles += [m.register_forward_pre_hook(pre_hook(p)) for p, m in leaves
+                if not isinstance(m, (nn.BatchNorm2d, *QUANTIZABLE))]
     was_training = model.training
     model.eval()
     try:
-        with torch.no_grad():
+        with torch.no_grad(), _FunctionReads(reads, depth, keep):
             model(example)
     finally:
         for h in handles:
             h.remove()
         model.train(was_training)
-    return calls, bn_of, module_input, activation_of
+    fed_by = {layer: src for layer, (src, key) in candidates.items()
+              if reads.get(key, 0) == 1 and runs.get(activation_path.get(src, ""), 1) == 1}
+    return _Trace(calls, bn_of, module_input, activation_of, activation_path, fed_by)
 
 
 def _macs(mod: nn.Module, out_shape: tuple[int, ...]) -> int:
@@ -236,7 +309,8 @@ def build_layer_graph(model: nn.Module, input_shape: tuple[int, ...] = (1, 3, 32
     """Trace ``model`` once on zeros of ``input_shape`` and describe its quantizable layers."""
     param = next(model.parameters(), None)
     device = param.device if param is not None else torch.device("cpu")
-    calls, bn_of, module_input, activation_of = _trace(model, torch.zeros(input_shape, device=device))
+    tr = _trace(model, torch.zeros(input_shape, device=device))
+    calls, bn_of, module_input = tr.calls, tr.bn_of, tr.module_input
     blocks = [_block_of(model, c.path) for c in calls]
     roles = _roles(calls, blocks)
     layers = []
@@ -265,7 +339,9 @@ def build_layer_graph(model: nn.Module, input_shape: tuple[int, ...] = (1, 3, 32
                 output_shape=c.out_shape,
                 bn=bn_of.get(c.path),
                 reads_block_input=block != c.path and module_input.get(block) == c.input_id,
-                activation=activation_of.get(c.path),
+                activation=tr.activation_of.get(c.path),
+                activation_path=tr.activation_path.get(c.path),
+                fed_by=tr.fed_by.get(c.path),
             )
         )
     total = sum(p.numel() for p in model.parameters())

@@ -59,6 +59,8 @@ class QuantLayer(nn.Module):
         self.out_observer = (
             ActivationObserver(spec.output, seed=seed + 7919) if spec is not None and spec.output is not None else None
         )
+        # smoothing folded into the layer feeding this one (see simulate.fold_smoothing); None: an explicit Mul
+        self.smooth_folded_into: str | None = None
         self._wq: tuple[torch.Tensor, torch.Tensor] | None = None
         self._wq_key: tuple[int, int, str] | None = None
         self._qw: torch.Tensor | None = None  # fake-quantized weight, reused while nothing needs its gradient

@@ -25,8 +25,8 @@ from autoselect.quant.bn_fold import fold_batchnorm, set_submodule
 from autoselect.quant.layer import MODES, QuantLayer
 from autoselect.quant.spec import QuantSpec, resolve_specs
 
-__all__ = ["quantize_model", "quant_layers", "set_mode", "calibrate", "fuses_activations",
-           "remove_shared_input_hooks"]
+__all__ = ["quantize_model", "quant_layers", "set_mode", "calibrate", "fuses_activations", "fold_smoothing",
+           "remove_shared_input_hooks", "GridClip"]
 
 
 def quantize_model(
@@ -59,6 +59,7 @@ def quantize_model(
         layer = qmodel.get_submodule(path)
         assert isinstance(layer, (nn.Conv2d, nn.Linear))
         set_submodule(qmodel, path, QuantLayer(layer, resolved[path], per_channel_stats=per_channel_stats, seed=i))
+    fold_smoothing(qmodel, graph, resolved)
     if integer_graph:
         for info in graph:
             spec = resolved[info.path]
@@ -69,6 +70,49 @@ def quantize_model(
 
 
 CLAMPING = ("ReLU", "ReLU6", "Hardtanh")
+FOLDABLE = (None, "ReLU", "ReLU6")  # activations f with f(s * z) = s * f(z) for s > 0 (ReLU6: see GridClip)
+
+
+class GridClip(nn.Module):
+    """The ReLU6 in front of a smoothed layer whose scale is folded into the layer before it.
+
+    Folded, the layer before outputs ``s_c * z_c``, where ReLU6 would need a clip at ``6 * s_c`` per channel: no
+    integer kernel has that. In ``quant`` mode this is therefore a plain ReLU and the consumer's input grid does the
+    clipping (at ``top / s_c`` in the original units, ``top`` the grid's largest value), as in the exported
+    integer model; in the other modes it is the original ReLU6, so calibration and the FP32 reference keep it."""
+
+    def __init__(self, act: nn.Module, consumer: QuantLayer) -> None:
+        super().__init__()
+        self.act = act
+        self._consumer = [consumer]  # a list: not a submodule (it is registered at its own path)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.relu(x) if self._consumer[0].mode == "quant" else self.act(x)
+
+
+def fold_smoothing(qmodel: nn.Module, graph: LayerGraph, specs: Mapping[str, QuantSpec | None]) -> list[str]:
+    """Mark the smoothed layers whose per-channel scale folds into the layer feeding them (seed 003's "moved into
+    the preceding layer"), so that the export needs no Mul: the producer must feed only this layer, through its
+    BatchNorm and a ReLU, a ReLU6 or nothing, and its weights must be quantized per output channel (or not at all),
+    whose grid scales with the fold; a producer with an output quantizer of its own does not fold. Returns the
+    smoothed layers that were folded; the others keep an explicit per-channel Mul."""
+    folded = []
+    for info in graph:
+        ql = qmodel.get_submodule(info.path)
+        if not isinstance(ql, QuantLayer) or ql.smooth_scale is None or info.fed_by is None:
+            continue
+        src = graph[info.fed_by]
+        spec = specs.get(src.path)
+        if src.activation not in FOLDABLE or src.out_channels != info.in_channels:
+            continue
+        if spec is not None and (spec.output is not None or (spec.weight is not None and not spec.weight.per_channel)):
+            continue
+        if src.activation == "ReLU6":
+            assert src.activation_path is not None
+            set_submodule(qmodel, src.activation_path, GridClip(qmodel.get_submodule(src.activation_path), ql))
+        ql.smooth_folded_into = src.path
+        folded.append(info.path)
+    return folded
 
 
 def fuses_activations(specs: Iterable[QuantSpec | None]) -> bool:
