@@ -198,3 +198,38 @@ def test_prior_warm_starts_spend_the_budget_on_sensitive_groups_first():
         assert spent <= budget * TOTAL
     searched, fixed = narrow(groups, sens, 2)
     assert [g.name for g in searched] == ["b0", "b1"] and fixed == {"stem": "freeze", "fc": "freeze"}
+
+
+def test_cost_model_charges_smoothing_only_where_it_cannot_fold():
+    from dataclasses import replace
+
+    from autoselect.models import build_layer_graph
+    from tests.helpers import tiny_net
+
+    layers = list(build_layer_graph(tiny_net()))
+    for per_channel, extra in ((True, False), (False, True)):
+        plain = {r.path: QuantSpec(weight=TensorQuant(bits=8, per_channel=per_channel),
+                                   act=TensorQuant(bits=8, symmetric=False)) for r in layers}
+        smoothed = {p: replace(s, smooth=(p.endswith("conv.3"))) for p, s in plain.items()}  # the depthwise layers
+        if extra:  # per-tensor producers: the scale stays a float Mul, which costs a pass over the input
+            assert cost_model(layers, smoothed) > cost_model(layers, plain)
+        else:  # per-channel producers take the scale: the same integer graph, the same cost
+            assert cost_model(layers, smoothed) == pytest.approx(cost_model(layers, plain))
+
+
+def test_prior_smooths_the_groups_whose_weight_channels_spread_when_weights_are_per_tensor():
+    from autoselect.search.prior import smooth_candidates
+
+    space = SearchSpace(name="t", smooth=(False, True))
+    groups = space.groups(LAYERS)
+    spread = {"b0.d": 9.0, "b0.e": 1.5, "b1.d": 1.2, "stem": 3.0}
+    assert smooth_candidates(groups, spread, per_channel_weights=True) == set()
+    smooth = smooth_candidates(groups, spread, per_channel_weights=False)
+    assert smooth == {"b0", "stem"}
+    sens = group_sensitivity(groups, {"b0.d": 2.0, "b1.d": 1.0, "fc": 0.5})
+    starts = warm_starts(space, groups, sens, TOTAL, (0.3,), smooth)
+    assert not any(v is True for v in starts[0].values())  # plain PTQ first
+    assert all(v == "freeze" for k, v in starts[1].items() if k.endswith(".action"))  # then smoothed PTQ
+    for s in starts[1:]:
+        assert {k for k, v in s.items() if v is True} == {"b0.smooth", "stem.smooth"}
+    assert len(warm_starts(SearchSpace(name="t"), groups, sens, TOTAL, (0.3,), smooth)) == 2  # not offered: as before

@@ -20,12 +20,13 @@ import torch.nn as nn
 from tqdm.auto import tqdm
 
 from autoselect.data.batches import split_batch
-from autoselect.models.graph import LayerGraph, build_layer_graph
+from autoselect.models.graph import LayerGraph, LayerInfo, build_layer_graph
 from autoselect.quant.bn_fold import fold_batchnorm, set_submodule
 from autoselect.quant.layer import MODES, QuantLayer
 from autoselect.quant.spec import QuantSpec, resolve_specs
 
 __all__ = ["quantize_model", "quant_layers", "set_mode", "calibrate", "fuses_activations", "fold_smoothing",
+           "smoothing_folds",
            "remove_shared_input_hooks", "GridClip"]
 
 
@@ -90,23 +91,36 @@ class GridClip(nn.Module):
         return torch.relu(x) if self._consumer[0].mode == "quant" else self.act(x)
 
 
+def smoothing_folds(info: LayerInfo, graph: Mapping[str, LayerInfo], specs: Mapping[str, QuantSpec | None]) -> bool:
+    """Whether a smoothed layer's per-channel scale can be folded into the layer feeding it (seed 003's "moved
+    into the preceding layer"), so that the export needs no Mul: that producer must feed only this layer, through
+    its BatchNorm and a ReLU, a ReLU6 or nothing, and its weights must be quantized per output channel (or not at
+    all), whose grid scales with the fold; a producer that keeps an output quantizer of its own does not fold (a
+    ReLU/ReLU6 on an unsigned grid is fused into requantization, so its producer has none)."""
+    fed_by = getattr(info, "fed_by", None)  # rows without the graph's wiring do not fold
+    if fed_by is None or fed_by not in graph:
+        return False
+    src = graph[fed_by]
+    spec = specs.get(src.path)
+    if src.activation not in FOLDABLE or src.out_channels != info.in_channels:
+        return False
+    if spec is None:
+        return True
+    own_output = spec.output is not None and not (src.activation in CLAMPING and fuses_activations(specs.values()))
+    return not own_output and (spec.weight is None or spec.weight.per_channel)
+
+
 def fold_smoothing(qmodel: nn.Module, graph: LayerGraph, specs: Mapping[str, QuantSpec | None]) -> list[str]:
-    """Mark the smoothed layers whose per-channel scale folds into the layer feeding them (seed 003's "moved into
-    the preceding layer"), so that the export needs no Mul: the producer must feed only this layer, through its
-    BatchNorm and a ReLU, a ReLU6 or nothing, and its weights must be quantized per output channel (or not at all),
-    whose grid scales with the fold; a producer with an output quantizer of its own does not fold. Returns the
-    smoothed layers that were folded; the others keep an explicit per-channel Mul."""
+    """Fold every smoothed layer's scale into its producer where :func:`smoothing_folds`; a ReLU6 in between becomes
+    a :class:`GridClip`. Returns the smoothed layers that were folded; the others keep an explicit per-channel Mul."""
     folded = []
+    by_path = {info.path: info for info in graph}
     for info in graph:
         ql = qmodel.get_submodule(info.path)
-        if not isinstance(ql, QuantLayer) or ql.smooth_scale is None or info.fed_by is None:
+        if not isinstance(ql, QuantLayer) or ql.smooth_scale is None or not smoothing_folds(info, by_path, specs):
             continue
-        src = graph[info.fed_by]
-        spec = specs.get(src.path)
-        if src.activation not in FOLDABLE or src.out_channels != info.in_channels:
-            continue
-        if spec is not None and (spec.output is not None or (spec.weight is not None and not spec.weight.per_channel)):
-            continue
+        assert info.fed_by is not None
+        src = by_path[info.fed_by]
         if src.activation == "ReLU6":
             assert src.activation_path is not None
             set_submodule(qmodel, src.activation_path, GridClip(qmodel.get_submodule(src.activation_path), ql))

@@ -11,7 +11,8 @@ per distinct configuration, on disk, so that a study of a hundred freeze/QAT tri
 ``time = max(compute, memory)`` with ``compute = MACs x w_bits x a_bits`` (BitOps) and ``memory = bits of weights +
 input + output activations``, each divided by the same layer's FP32 figures (32 x 32 BitOps, 32-bit tensors) and
 weighted by the layer's share of the FP32 model's MACs; each boundary between an FP32 layer and a quantized one
-adds the cost of converting its activation tensor (one memory pass). The unit is "FP32 = 1": 0.25 means a quarter
+adds the cost of converting its activation tensor (one memory pass), and so does a smoothed layer whose scale
+cannot be folded into the layer before it (an explicit float Mul). The unit is "FP32 = 1": 0.25 means a quarter
 of the FP32 model's cost. It ranks configurations; it is not a prediction in milliseconds.
 """
 
@@ -43,7 +44,10 @@ def config_key(specs: Mapping[str, Any]) -> str:
 
 def cost_model(layers: Sequence[Any], specs: Mapping[str, Any]) -> float:
     """Relative cost (FP32 model = 1) of ``specs`` over the layer graph rows ``layers`` (see the module doc)."""
+    from autoselect.quant.simulate import smoothing_folds
+
     total_macs = sum(max(1, r.macs) for r in layers)
+    by_path = {r.path: r for r in layers}
     cost = 0.0
     prev_fp32: bool | None = None
     for r in layers:
@@ -61,6 +65,8 @@ def cost_model(layers: Sequence[Any], specs: Mapping[str, Any]) -> float:
             memory = (wb * r.params + ab * act_elems) / fp32_mem
             cost += share * max(compute, memory)
             is_fp32 = False
+            if spec.smooth and not smoothing_folds(r, by_path, specs):  # an explicit float Mul on the input
+                cost += share * _numel(r.input_shape) * 32 / fp32_mem
         if prev_fp32 is not None and is_fp32 != prev_fp32:
             cost += share * _numel(r.input_shape) * 32 / fp32_mem
         prev_fp32 = is_fp32

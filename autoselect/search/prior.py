@@ -9,14 +9,16 @@ sensitive groups first, as the seed study's depthwise finding suggests.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from typing import Any
 
 from autoselect.space import Group, SearchSpace
 
-__all__ = ["group_sensitivity", "narrow", "warm_starts"]
+__all__ = ["group_sensitivity", "narrow", "smooth_candidates", "warm_starts"]
 
 QAT_ACTIONS = ("qat", "qat_asym", "qat_sym")
+SMOOTH_SPREAD = 2.5  # w_channel_spread from which smoothing is tried first (MobileNetV2: depthwise median 3.7,
+#                      expand and project at most 2.6 on the reference checkpoint)
 
 
 def group_sensitivity(groups: Sequence[Group], layer_scores: Mapping[str, float]) -> dict[str, float]:
@@ -33,15 +35,29 @@ def narrow(groups: Sequence[Group], sensitivity: Mapping[str, float], top: int |
     return [g for g in groups if g.name in keep], fixed
 
 
+def smooth_candidates(groups: Sequence[Group], spread: Mapping[str, float], *, per_channel_weights: bool,
+                      threshold: float = SMOOTH_SPREAD) -> set[str]:
+    """Groups the profile says smoothing should help: weights quantized per tensor, and a layer whose largest
+    channel range is ``threshold`` times its median one (``w_channel_spread``), so that one scale fits no channel
+    well. With per-channel weights smoothing cannot help the weights: none."""
+    if per_channel_weights:
+        return set()
+    return {g.name for g in groups if max((spread.get(p, 0.0) for p in g.layers), default=0.0) >= threshold}
+
+
 def warm_starts(space: SearchSpace, groups: Sequence[Group], sensitivity: Mapping[str, float], total_params: int,
-                budgets: Sequence[float]) -> list[dict[str, Any]]:
+                budgets: Sequence[float], smooth: Collection[str] = ()) -> list[dict[str, Any]]:
     """Parameter sets for the study to try first: everything frozen (PTQ: free to evaluate, and the answer when
-    PTQ loses nothing), then one per budget (duplicates dropped)."""
+    PTQ loses nothing), then one per budget (duplicates dropped). Where the space offers smoothing, the groups in
+    ``smooth`` (see :func:`smooth_candidates`) are smoothed in every plan after an unsmoothed all-frozen one."""
     searchable = [g for g in groups if any(a in g.choices for a in QAT_ACTIONS) and len(g.choices) > 1]
     order = sorted(searchable, key=lambda g: -sensitivity[g.name] / max(1, g.params))
     out: list[dict[str, Any]] = []
     seen: set[tuple] = set()
-    for budget in (0.0, *sorted(budgets)):
+    offers_smoothing = any(True in space.parameters(g).get(f"{g.name}.smooth", ()) for g in groups)
+    rounds = [(0.0, False)] + [(b, True) for b in (0.0, *sorted(budgets))] if smooth and offers_smoothing else \
+        [(b, False) for b in (0.0, *sorted(budgets))]
+    for budget, smoothed in rounds:
         chosen: set[str] = set()
         spent = 0
         for g in order:
@@ -56,9 +72,11 @@ def warm_starts(space: SearchSpace, groups: Sequence[Group], sensitivity: Mappin
             if f"{g.name}.action" in names:
                 qat = next(a for a in g.choices if a in QAT_ACTIONS) if g.name in chosen else g.untrained
                 params[f"{g.name}.action"] = qat
-            for key in ("bits", "smooth"):
-                if f"{g.name}.{key}" in names:
-                    params[f"{g.name}.{key}"] = names[f"{g.name}.{key}"][0]
+            if f"{g.name}.bits" in names:
+                params[f"{g.name}.bits"] = names[f"{g.name}.bits"][0]
+            if f"{g.name}.smooth" in names:
+                on = smoothed and g.name in smooth and True in names[f"{g.name}.smooth"]
+                params[f"{g.name}.smooth"] = True if on else names[f"{g.name}.smooth"][0]
         signature = tuple(sorted((k, str(v)) for k, v in params.items()))
         if (chosen or budget == 0.0) and signature not in seen:
             seen.add(signature)

@@ -22,7 +22,7 @@ from autoselect.errors import AutoselectError
 from autoselect.search.latency import LatencyModel
 from autoselect.search.objective import ProxyBudget, TrialEvaluator, measure_export_latency
 from autoselect.search.pareto import Constraints, choose, hypervolume, pareto_mask
-from autoselect.search.prior import group_sensitivity, narrow, warm_starts
+from autoselect.search.prior import group_sensitivity, narrow, smooth_candidates, warm_starts
 from autoselect.search.pruning import ParetoPruner
 from autoselect.space import SearchSpace, find_space, load_space
 
@@ -210,7 +210,10 @@ def _search(cfg: SearchConfig, prepared: Any = None) -> SearchResult:
         parameters.update(space.parameters(g))
     if not parameters:
         raise AutoselectError(f"search space {space.name} leaves nothing to choose for {cfg.model}")
-    starts = warm_starts(space, searched, sens, graph.total_params, space.prior_budgets) if cfg.prior else []
+    spread = dict(zip(report.layers["path"], report.layers["w_channel_spread"].astype(float))) \
+        if "w_channel_spread" in report.layers else {}
+    smooth = smooth_candidates(searched, spread, per_channel_weights=bool(spec.weight and spec.weight.per_channel))
+    starts = warm_starts(space, searched, sens, graph.total_params, space.prior_budgets, smooth) if cfg.prior else []
     ref = ModelRef(name=cfg.model, num_classes=lm.num_classes, input_size=size, weights_sha256=lm.weights_sha256)
 
     def make_plan(params: Any, provenance: dict[str, Any] | None = None):
