@@ -155,6 +155,8 @@ def test_search_through_ray_client_returns_its_outputs_and_resumes_after_the_cli
     head_work = Path(tempfile.gettempdir()) / WORK_ROOT / work_key(out)
     client_env = dict(env, RAY_CLIENT_RECONNECT_GRACE_PERIOD="3")  # the killed client's task stops 3 s later
     address = ray_cluster.client_address
+    r = _run(tmp_path / "empty", address, client_env, "--trials", "2", "--resume")
+    assert r.returncode == 2 and "nothing to resume" in r.stderr, r.stderr[-2000:]  # one line, before any work
     before = kill_when_finished(_search_cmd(out, address, "--trials", "40", "--proxy-steps", "100", "--no-prune"),
                                 head_work / "study.db", 2, cwd=ROOT, env=client_env)
     assert 2 <= len(before) < 40, "the search did not finish 2 trials on the head node in time"

@@ -66,6 +66,14 @@ def work_key(out: str | Path) -> str:
     return hashlib.sha256(f"{socket.gethostname()}:{Path(out).resolve()}".encode()).hexdigest()[:16]
 
 
+def _work(key: str) -> Path:
+    return Path(tempfile.gettempdir()) / WORK_ROOT / key
+
+
+def _head_has_study(key: str) -> bool:
+    return (_work(key) / "study.db").is_file()
+
+
 def _lock(work: Path, wait_s: float) -> Any:
     """Hold ``work``'s lock for the task's life. A client that disconnected leaves its task running for Ray's
     reconnect grace period (30 s by default); a resumed search waits for it to stop, not run beside it."""
@@ -95,12 +103,15 @@ def _on_head(cfg: SearchConfig, prepared: Any, files: dict[str, bytes], key: str
     """The task on the head node: the search, in a work folder there; returns its output files."""
     from autoselect.search.run import _search
 
-    work = Path(tempfile.gettempdir()) / WORK_ROOT / key
+    work = _work(key)
     lock = _lock(work, wait_s=LOCK_WAIT_S)
     try:
         if cfg.resume and (work / "study.db").is_file():
             origin = f"resuming from the head node's copy ({work})"
         else:
+            if cfg.resume and "study.db" not in files:
+                raise AutoselectError(f"nothing to resume: neither {cfg.out} here nor the head node holds this "
+                                      "search's study.db")
             shutil.rmtree(work, ignore_errors=True)
             work.mkdir(parents=True)
             _write(work, files)
@@ -127,12 +138,17 @@ def search_via_client(cfg: SearchConfig) -> SearchResult:
         out.mkdir(parents=True, exist_ok=True)
         if not any(n.get("Alive") and HEAD_RESOURCE in n.get("Resources", {}) for n in ray.nodes()):
             raise AutoselectError(f"the Ray cluster at {cfg.ray.address} reports no head node to run the search on")
+        key = work_key(out)
+        on_head = ray.remote(_head_has_study).options(num_cpus=0, resources={HEAD_RESOURCE: 0.001})
+        if cfg.resume and not (out / "study.db").is_file() and not ray.get(on_head.remote(key)):
+            raise AutoselectError(f"nothing to resume: neither {out} here nor the head node holds this search's "
+                                  "study.db")
         # here: the weights and data are read (or the baseline trained, on this machine's device)
         prepared = _prepare(replace(cfg, device=str(resolve_device(cfg.device))), out)
         files = _files(out) if cfg.resume else {}
         task = ray.remote(_on_head).options(num_cpus=0, resources={HEAD_RESOURCE: 0.001}, max_retries=0)
         try:
-            out_files, result, origin = ray.get(task.remote(cfg, ray.put(prepared), files, work_key(out)))
+            out_files, result, origin = ray.get(task.remote(cfg, ray.put(prepared), files, key))
         except ray.exceptions.RayTaskError as exc:
             cause = getattr(exc, "cause", None)
             if isinstance(cause, AutoselectError):
