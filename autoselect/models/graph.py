@@ -197,9 +197,8 @@ def _trace(model: nn.Module, example: torch.Tensor) -> _Trace:
                 return
             keep.extend((x, output))
             module_input.setdefault(path, id(x))
-            if isinstance(mod, _POOLS) or id(x) in pooled:
-                if not list(mod.children()):
-                    pooled.add(id(output))
+            if leaf and (isinstance(mod, _POOLS) or id(x) in pooled):
+                pooled.add(id(output))
             if path in applying:
                 activated[id(output)] = (applying.pop(path), output._version)
             if isinstance(mod, QUANTIZABLE) and path not in seen:
