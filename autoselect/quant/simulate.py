@@ -26,8 +26,7 @@ from autoselect.quant.layer import MODES, QuantLayer
 from autoselect.quant.spec import QuantSpec, resolve_specs
 
 __all__ = ["quantize_model", "quant_layers", "set_mode", "calibrate", "fuses_activations", "fold_smoothing",
-           "smoothing_folds",
-           "remove_shared_input_hooks", "GridClip"]
+           "smoothing_folds", "remove_shared_input_hooks", "GridClip"]
 
 
 def quantize_model(

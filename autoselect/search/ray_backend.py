@@ -42,6 +42,7 @@ from autoselect.search.latency import LatencyModel
 from autoselect.search.objective import ProxyBudget, TrialEvaluator
 from autoselect.search.optuna_backend import finished_trials
 from autoselect.search.pruning import ParetoPruner
+from autoselect.search.ray_client import is_client_address
 
 __all__ = ["RayRun", "TrialSetup", "connect", "ray_session", "run_ray"]
 
@@ -309,7 +310,7 @@ def connect(address: str | None) -> bool:
     Returns whether this call started Ray (and the caller should shut it down)."""
     if ray.is_initialized():
         return False
-    client = bool(address) and str(address).startswith("ray://")
+    client = is_client_address(address)
     if address:
         _check_reachable(address.removeprefix("ray://") if client else _resolve(address))
     # a Ray Client's search runs in a task on the head node: its progress reaches this terminal as worker logs

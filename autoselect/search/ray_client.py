@@ -19,6 +19,7 @@ one still in its grace period. The work folder is removed once the search has fi
 from __future__ import annotations
 
 import hashlib
+import json
 import shutil
 import socket
 import sys
@@ -70,6 +71,17 @@ def _work(key: str) -> Path:
     return Path(tempfile.gettempdir()) / WORK_ROOT / key
 
 
+def _nothing_to_resume(out: str | Path) -> AutoselectError:
+    return AutoselectError(f"nothing to resume: neither {out} here nor the head node holds this search's study.db")
+
+
+def _on_head_node(fn: Any, **options: Any) -> Any:
+    """``fn`` as a Ray task pinned to the head node, reserving no CPU (the trials take them)."""
+    import ray
+
+    return ray.remote(fn).options(num_cpus=0, resources={HEAD_RESOURCE: 0.001}, **options)
+
+
 def _head_has_study(key: str) -> bool:
     return (_work(key) / "study.db").is_file()
 
@@ -109,9 +121,8 @@ def _on_head(cfg: SearchConfig, prepared: Any, files: dict[str, bytes], key: str
         if cfg.resume and (work / "study.db").is_file():
             origin = f"resuming from the head node's copy ({work})"
         else:
-            if cfg.resume and "study.db" not in files:
-                raise AutoselectError(f"nothing to resume: neither {cfg.out} here nor the head node holds this "
-                                      "search's study.db")
+            if cfg.resume and "study.db" not in files:  # deleted since the client checked
+                raise _nothing_to_resume(cfg.out)
             shutil.rmtree(work, ignore_errors=True)
             work.mkdir(parents=True)
             _write(work, files)
@@ -139,14 +150,13 @@ def search_via_client(cfg: SearchConfig) -> SearchResult:
         if not any(n.get("Alive") and HEAD_RESOURCE in n.get("Resources", {}) for n in ray.nodes()):
             raise AutoselectError(f"the Ray cluster at {cfg.ray.address} reports no head node to run the search on")
         key = work_key(out)
-        on_head = ray.remote(_head_has_study).options(num_cpus=0, resources={HEAD_RESOURCE: 0.001})
-        if cfg.resume and not (out / "study.db").is_file() and not ray.get(on_head.remote(key)):
-            raise AutoselectError(f"nothing to resume: neither {out} here nor the head node holds this search's "
-                                  "study.db")
+        if cfg.resume and not (out / "study.db").is_file():
+            if not ray.get(_on_head_node(_head_has_study).remote(key)):
+                raise _nothing_to_resume(out)
         # here: the weights and data are read (or the baseline trained, on this machine's device)
         prepared = _prepare(replace(cfg, device=str(resolve_device(cfg.device))), out)
         files = _files(out) if cfg.resume else {}
-        task = ray.remote(_on_head).options(num_cpus=0, resources={HEAD_RESOURCE: 0.001}, max_retries=0)
+        task = _on_head_node(_on_head, max_retries=0)
         try:
             out_files, result, origin = ray.get(task.remote(cfg, ray.put(prepared), files, key))
         except ray.exceptions.RayTaskError as exc:
@@ -158,7 +168,5 @@ def search_via_client(cfg: SearchConfig) -> SearchResult:
     summary = dict(result.summary, ray_client={"address": cfg.ray.address, "origin": origin,
                                                "files_returned": len(out_files)})
     with atomic_path(out / "summary.json") as tmp:
-        import json
-
         tmp.write_text(json.dumps(summary, indent=2) + "\n")
     return replace(result, out=out, plan_path=out / "plan.json", summary=summary)
