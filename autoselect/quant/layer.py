@@ -21,6 +21,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from autoselect.quant.dwconv import depthwise_conv2d, is_depthwise
 from autoselect.quant.observers import ActivationObserver, fake_quant, weight_qparams
 from autoselect.quant.spec import QuantSpec
 
@@ -140,6 +141,8 @@ class QuantLayer(nn.Module):
     def _run(self, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
         layer = self.layer
         if isinstance(layer, nn.Conv2d):
+            if is_depthwise(layer):
+                return depthwise_conv2d(layer, x, w)
             return layer._conv_forward(x, w, layer.bias)
         return F.linear(x, w, layer.bias)
 
