@@ -156,6 +156,11 @@ def test_train_then_export_for_x86(tmp_path, capsys):
     assert "onnxruntime INT8" in text and (out / "model_int8.onnx").is_file()
     summary = json.loads((out / "export.json").read_text())
     assert abs(summary["simulated_top1"] - summary["int8_top1"]) <= 10.0  # 32 images: at most 3 disagree
+    lat = summary["latency_ms_by_threads"]
+    assert set(lat) == {"fp32", "int8"} and "1" in lat["fp32"] and "1" in lat["int8"]
+    for name in ("fp32", "int8"):  # the reported latency is the model's fastest thread count
+        assert summary[f"{name}_latency_ms"] == min(lat[name].values())
+        assert lat[name][str(summary["latency_threads"][name])] == summary[f"{name}_latency_ms"]
     assert main(["export", *common, "--target", "qnnpack", "--checkpoint", str(run / "qat.pt"),
                  "--out", str(out)]) == 2
     assert "trained for target 'x86', not 'qnnpack'" in capsys.readouterr().err
