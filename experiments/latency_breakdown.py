@@ -156,6 +156,8 @@ def main() -> None:
                         weight_type=QuantType.QInt8)
         s = session(str(out))
         runs[f"onnxruntime quantize_static {fmt} b1"] = (lambda s=s: s.run(None, {"input": x1}))
+        runs[f"onnxruntime quantize_static {fmt} b8"] = (lambda s=s, x8=np.repeat(x1, 8, axis=0):
+                                                         s.run(None, {"input": x8}))
     lat = timed(runs, args.rounds, args.iters)
     med = {k: statistics.median(v) for k, v in lat.items()}
 
@@ -167,8 +169,9 @@ def main() -> None:
     ratios["int8 / fp32 batch 1, each at its faster thread count"] = (
         min(med["int8 b1"], med["int8 b1 2 threads"]) / min(med["fp32 b1"], med["fp32 b1 2 threads"]))
     for fmt in ("QDQ", "QOperator"):
-        ratios[f"onnxruntime quantize_static {fmt} / fp32 batch 1"] = ratio(f"onnxruntime quantize_static {fmt} b1",
-                                                                            "fp32 b1")
+        for b in (1, 8):
+            ratios[f"onnxruntime quantize_static {fmt} / fp32 batch {b}"] = ratio(
+                f"onnxruntime quantize_static {fmt} b{b}", f"fp32 b{b}")
     conv_int8 = sum(v["us"] for k, v in by_kind["int8"].items() if k.startswith("conv"))
     fp32_total = sum(v["us"] for v in by_kind["fp32"].values())
     summary = {
