@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn as nn
 
-from autoselect.quant.dwconv import TAP_GRAD_MAX_POSITIONS, depthwise_conv2d, is_depthwise
+from autoselect.quant.dwconv import TAP_GRAD_MAX_POSITIONS, depthwise_conv2d, fast_depthwise, is_depthwise
 
 
 @pytest.mark.parametrize(("size", "stride", "padding", "dilation", "kernel", "bias"), [
@@ -55,3 +55,27 @@ def test_is_depthwise():
     assert not is_depthwise(nn.Conv2d(8, 8, 3, groups=4))
     assert not is_depthwise(nn.Conv2d(8, 8, 3))
     assert not is_depthwise(nn.Conv2d(8, 8, 3, groups=8, padding="same"))
+
+
+def test_fast_depthwise_routes_plain_depthwise_convs_and_restores_them():
+    net = nn.Sequential(nn.Conv2d(4, 4, 3, padding=1, groups=4), nn.Conv2d(4, 8, 1))
+    x = torch.randn(2, 4, 1, 1)
+    with fast_depthwise(net):
+        assert net[0](x).grad_fn.name().startswith("_TapDepthwise")
+        assert "forward" not in net[1].__dict__  # not depthwise: untouched
+    assert "forward" not in net[0].__dict__
+    assert net[0](x).grad_fn.name() == "ConvolutionBackward0"
+
+
+def test_baseline_training_gives_the_model_back_in_the_default_memory_format(tiny, batches):
+    from autoselect.data.batches import ImageSet
+    from autoselect.train.baseline import train_baseline
+
+    images = torch.cat([b[0] for b in batches])
+    labels = torch.cat([b[1] for b in batches])
+    data = ImageSet((images * 40 + 128).clamp(0, 255).to(torch.uint8), labels, tuple("0123456789"),
+                    (0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
+    res = train_baseline(tiny, data, data, epochs=1, batch_size=16)
+    assert all(p.is_contiguous() for p in tiny.parameters())
+    assert all("forward" not in m.__dict__ for m in tiny.modules())
+    assert res.history and res.best_state
