@@ -23,11 +23,25 @@ from _common import apply_threads, reference_parser, save_result
 from autoselect import load_images, load_model
 from autoselect.plans import builtin_plan
 from autoselect.quant import dwconv
+from autoselect.models.graph import build_layer_graph
 from autoselect.quant.apply import apply_plan, retrained_fraction
+from autoselect.quant.simulate import quant_layers
 from autoselect.train.qat import uses_channels_last
 
 PLANS = ("seed001_full_qat", "seed001_depthwise_1x1_asym", "seed001_depthwise_only", "seed001_classifier_only")
 BEFORE = "seed001_full_qat (before: PyTorch's depthwise gradient, default memory format)"
+
+
+def mac_ceiling(graph, qmodel: torch.nn.Module) -> dict[str, float]:
+    """Multiply-accumulates per image of one training step, by the layer graph: every layer's forward; the input
+    gradient of every layer after the first trainable one; the weight gradient of every trainable layer."""
+    layers = quant_layers(qmodel)
+    trainable = {p for p, q in layers.items() if q.layer.weight.requires_grad}
+    first = min((info.order for info in graph if info.path in trainable), default=None)
+    fwd = sum(info.macs for info in graph)
+    inp = sum(info.macs for info in graph if first is not None and info.order > first)
+    wgt = sum(info.macs for info in graph if info.path in trainable)
+    return {"forward": fwd, "input_grad": inp, "weight_grad": wgt, "total": fwd + inp + wgt}
 
 
 def one_step(qmodel: torch.nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor) -> float:
@@ -76,6 +90,8 @@ def main() -> None:
             print(f"step {i + 1}:", {n: round(1 / statistics.median(v), 2) for n, v in times.items() if v}, flush=True)
     dwconv.TAP_GRAD_MAX_POSITIONS = tap_limit
     full = times["seed001_full_qat"]
+    graph = build_layer_graph(lm.model, (1, 3, 32, 32))
+    macs = {n: mac_ceiling(graph, models[n]) for n in names}
     summary = {
         "date": date.today().isoformat(), "batch_size": args.batch_size, "steps": args.steps,
         "target": args.target, "weight_bits": args.weight_bits, "channels_last": channels_last,
@@ -83,12 +99,14 @@ def main() -> None:
         "plans": {n: {"retrained_pct": 100 * retrained_fraction(models[n]),
                       "median_steps_per_s": 1 / statistics.median(v),
                       "median_speedup_vs_full": statistics.median(a / b for a, b in zip(full, v)),
+                      "step_macs_per_image": macs[n],
+                      "mac_ceiling_vs_full": macs["seed001_full_qat"]["total"] / macs[n]["total"],
                       "speedup_quartiles": [round(q, 3) for q in statistics.quantiles(
                           [a / b for a, b in zip(full, v)], n=4)]}
                   for n, v in times.items()},
     }
     save_result(args.out, summary)
-    print(json.dumps({n: {k: v if isinstance(v, list) else round(v, 3) for k, v in d.items()} for n, d in summary["plans"].items()},
+    print(json.dumps({n: {k: v if isinstance(v, (list, dict)) else round(v, 3) for k, v in d.items()} for n, d in summary["plans"].items()},
                      indent=2))
 
 
