@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import statistics
 import time
 from collections.abc import Iterable
@@ -56,8 +57,6 @@ def latency_by_threads(paths: dict[str, str | Path], input_shape: tuple[int, ...
     """Batch latency (ms) of each model at each intra-op thread count, measured interleaved (model by model within
     each thread count). Default thread counts: 1 and every core. A model should be compared at its own best count:
     at batch 1 here the FP32 model gains from a second thread while the INT8 one loses."""
-    import os
-
     counts = threads or tuple(sorted({1, os.cpu_count() or 1}))
     out: dict[str, dict[int, float]] = {name: {} for name in paths}
     for n in counts:

@@ -17,6 +17,7 @@ from tqdm.auto import tqdm
 from autoselect.data.batches import ImageSet
 from autoselect.evaluate import accuracy
 from autoselect.quant.dwconv import fast_depthwise
+from autoselect.train.qat import uses_channels_last
 
 __all__ = ["BaselineResult", "train_baseline"]
 
@@ -52,17 +53,17 @@ def train_baseline(
         raise ValueError("epochs must be at least 1")
     torch.manual_seed(seed)
     model.to(device)
-    if torch.device(device).type != "cpu":
-        return _train(model, train, test, epochs=epochs, lr=lr, batch_size=batch_size, weight_decay=weight_decay,
-                      augment=augment, device=device, seed=seed, progress=progress, channels_last=False)
-    model.to(memory_format=torch.channels_last)
+    channels_last = uses_channels_last(device)
+    if channels_last:
+        model.to(memory_format=torch.channels_last)
     try:
         with fast_depthwise(model):
             return _train(model, train, test, epochs=epochs, lr=lr, batch_size=batch_size,
                           weight_decay=weight_decay, augment=augment, device=device, seed=seed, progress=progress,
-                          channels_last=True)
+                          channels_last=channels_last)
     finally:
-        model.to(memory_format=torch.contiguous_format)
+        if channels_last:
+            model.to(memory_format=torch.contiguous_format)
 
 
 def _train(model: nn.Module, train: ImageSet, test: ImageSet, *, epochs: int, lr: float, batch_size: int,
