@@ -37,7 +37,6 @@ class _TapDepthwise(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, w, b, stride, padding, dilation):  # type: ignore[override]
         ctx.conf = (stride, padding, dilation)
-        ctx.has_bias = b is not None
         ctx.save_for_backward(x, w)
         return F.conv2d(x, w, b, stride, padding, dilation, x.shape[1])
 
@@ -51,7 +50,7 @@ class _TapDepthwise(torch.autograd.Function):
                                                      x.shape[1], [True, False, False])[0]
         if ctx.needs_input_grad[1]:
             gw = _tap_weight_grad(x, g, w.shape[-2:], (sh, sw), (ph, pw), (dh, dw))
-        if ctx.has_bias and ctx.needs_input_grad[2]:
+        if ctx.needs_input_grad[2]:  # False when there is no bias
             gb = g.sum(dim=(0, 2, 3))
         return gx, gw, gb, None, None, None
 

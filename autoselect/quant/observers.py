@@ -48,7 +48,6 @@ class _FakeQuant(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x: torch.Tensor, scale: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
-        # clipping first is exact (the ends are grid points) and leaves the gradient mask as one comparison
         xc = x.clamp(lo, hi) if lo.dim() else x.clamp(float(lo), float(hi))
         if ctx.needs_input_grad[0]:
             ctx.save_for_backward(xc == x)
