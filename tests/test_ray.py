@@ -32,9 +32,58 @@ COMMON = [*SMALL, "--target", "generic-pt", "--weight-bits", "4", "--backend", "
 
 
 @pytest.fixture(scope="module")
-def ray_cluster() -> Iterator[LocalCluster]:
-    with LocalCluster(workers=1, cpus_per_node=1, env={"PYTHONPATH": str(ROOT)}, cwd=ROOT) as cluster:
+def empty_home(tmp_path_factory) -> Path:
+    """A home directory that has never run Ray: every Ray test runs as a stranger's first run would."""
+    return tmp_path_factory.mktemp("home")
+
+
+@pytest.fixture(scope="module")
+def ray_cluster(empty_home) -> Iterator[LocalCluster]:
+    env = {"PYTHONPATH": str(ROOT), "HOME": str(empty_home)}
+    with LocalCluster(workers=1, cpus_per_node=1, env=env, cwd=ROOT) as cluster:
         yield cluster
+
+
+def test_local_cluster_needs_no_ray_state_and_leaves_none(ray_cluster, empty_home):
+    """The two-node cluster came up with HOME an empty folder: its token is its own, in its own folder; nothing
+    is written into that HOME (no ~/.ray/auth_token) and no token from elsewhere is used."""
+    env = ray_cluster.env
+    assert env["HOME"] == str(empty_home) and env["RAY_AUTH_MODE"] == "token" and "RAY_AUTH_TOKEN" not in env
+    token = Path(env["RAY_AUTH_TOKEN_PATH"])
+    assert token.parent == ray_cluster.workdir and len(token.read_text()) == 64
+    assert token.stat().st_mode & 0o077 == 0  # private to this user
+    assert ray_cluster.alive_nodes() == 2
+    assert not (empty_home / ".ray").exists()
+    # a driver without the cluster's token is refused: authentication is really on
+    stranger = {k: v for k, v in env.items() if k not in ("RAY_AUTH_TOKEN_PATH",)}
+    code = f"import ray; ray.init(address={ray_cluster.address!r})"
+    r = subprocess.run([sys.executable, "-c", code], env=stranger, capture_output=True, text=True, timeout=120)
+    assert r.returncode != 0 and "token" in (r.stdout + r.stderr).lower()
+
+
+def test_a_node_that_fails_to_start_says_why(tmp_path):
+    cluster = LocalCluster(workers=0, cpus_per_node=-1, env={"HOME": str(tmp_path)}, timeout=60)
+    with pytest.raises(RuntimeError) as exc:
+        with cluster:
+            pass
+    msg = str(exc.value)
+    assert "head did not start (exited with status" in msg
+    assert "Resource quantities must be nonnegative" in msg  # ray start's own error, from its output
+    assert not cluster.workdir.exists()  # the token folder goes with the cluster
+
+
+def test_local_ray_instance_writes_nothing_into_home(tmp_path):
+    """--backend ray without --address starts a local instance; Ray 2.59+ would write ~/.ray/auth_token for it."""
+    home = tmp_path / "home"
+    home.mkdir()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_AUTH")}
+    env.update(HOME=str(home), PYTHONPATH=str(ROOT), RAY_USAGE_STATS_ENABLED="0")
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "autoselect", "search", *COMMON, "--trials", "2", "--out", str(out), "--quiet"]
+    r = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=400)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert (out / "plan.json").is_file()
+    assert not (home / ".ray").exists()
 
 
 @pytest.fixture(scope="module")

@@ -21,6 +21,7 @@ Ray is imported here only; ``autoselect search`` without ``--backend ray`` never
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -42,6 +43,7 @@ from autoselect.search.latency import LatencyModel
 from autoselect.search.objective import ProxyBudget, TrialEvaluator
 from autoselect.search.optuna_backend import finished_trials
 from autoselect.search.pruning import ParetoPruner
+from autoselect.search.ray_auth import local_instance_auth
 from autoselect.search.ray_client import is_client_address
 
 __all__ = ["RayRun", "TrialSetup", "connect", "ray_session", "run_ray"]
@@ -215,13 +217,17 @@ class _Progress(tune.Callback):
     """The local backend's progress: a bar of finished trials, a line per trial, the best so far."""
 
     def __init__(self, searcher: _StudySearch, study: optuna.Study, bar: tqdm, progress: bool,
-                 describe: Callable[[optuna.Study], str] | None) -> None:
+                 describe: Callable[[optuna.Study], str] | None,
+                 on_finish: Callable[[optuna.Study], None] | None = None) -> None:
         self.searcher, self.study, self.bar, self.progress, self.describe = searcher, study, bar, progress, describe
+        self.on_finish = on_finish
         self.retried = 0
         self.errored = 0
 
     def _done(self, trial: Any, what: str) -> None:
         self.bar.update(1)
+        if self.on_finish is not None:
+            self.on_finish(self.study)
         t = self.searcher.ot_trial(trial.trial_id)
         number = t.number if t is not None else trial.trial_id
         if self.progress:
@@ -284,12 +290,15 @@ def _check_reachable(address: str, timeout: float = 5.0) -> None:
 @contextmanager
 def ray_session(address: str | None) -> Iterator[None]:
     """Ray connected for the duration of a search (see :func:`connect`); shut down after if this started it."""
-    started = connect(address)
-    try:
-        yield
-    finally:
-        if started:
-            ray.shutdown()
+    with contextlib.ExitStack() as stack:
+        if not address:  # a local instance: its own token, not one written into ~/.ray (see ray_auth)
+            stack.enter_context(local_instance_auth())
+        started = connect(address)
+        try:
+            yield
+        finally:
+            if started:
+                ray.shutdown()
 
 
 def _init_client(address: str, kw: dict[str, Any], attempts: int = 3) -> None:
@@ -328,8 +337,8 @@ def connect(address: str | None) -> bool:
         where = f"the Ray cluster at {address}" if address else "a local Ray instance"
         hint = ""
         if "auth" in repr(exc.__cause__).lower() or "token" in str(exc).lower():
-            hint = (" (the cluster uses token authentication: set RAY_AUTH_MODE=token and give this machine its "
-                    "token, in ~/.ray/auth_token or RAY_AUTH_TOKEN)")
+            hint = (" (the cluster uses token authentication: set RAY_AUTH_MODE=token and give this machine the "
+                    "cluster's token: RAY_AUTH_TOKEN, a file named by RAY_AUTH_TOKEN_PATH, or ~/.ray/auth_token)")
         msg = " ".join(line.strip() for line in str(exc).splitlines() if line.strip())
         raise AutoselectError(f"cannot start or reach {where}: {msg}{hint}") from None
     return True
@@ -352,6 +361,7 @@ def run_ray(
     storage_path: str,
     progress: bool = True,
     describe: Callable[[optuna.Study], str] | None = None,
+    on_finish: Callable[[optuna.Study], None] | None = None,
 ) -> RayRun:
     """Run trials through Ray Tune until the study holds ``n_trials`` finished ones. ``latency``'s cache is
     updated with what the cluster measured."""
@@ -382,7 +392,7 @@ def run_ray(
         scheduling_strategy=NodeAffinitySchedulingStrategy(node_id=here, soft=False)).remote(latency)
     searcher = _StudySearch(study, parameters)
     bar = tqdm(total=n_trials, initial=finished, desc="search (ray)", unit="trial", disable=not progress)
-    callback = _Progress(searcher, study, bar, progress, describe)
+    callback = _Progress(searcher, study, bar, progress, describe, on_finish)
     setup = replace(setup, threads=max(1, int(cpus_per_trial)), gpus=gpus_per_trial)
     trainable = tune.with_resources(tune.with_parameters(_trainable, setup=setup, latency=service),
                                     {"cpu": cpus_per_trial, "gpu": gpus_per_trial})
