@@ -25,8 +25,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
-from autoselect._io import atomic_path
-from autoselect.errors import AutoselectError
+from autoselect._io import atomic_path, read_text
+from autoselect.errors import AutoselectError, first_line
 
 __all__ = ["PLAN_VERSION", "LayerAction", "ModelRef", "Plan", "load_plan", "save_plan", "resolve_keys"]
 
@@ -75,16 +75,21 @@ class LayerAction:
             raise AutoselectError(f"{where}: an action must be a string or an object, got {type(obj).__name__}")
         unknown = set(obj) - {"action", "act", "weight_bits", "smooth"}
         if unknown:
-            raise AutoselectError(f"{where}: unknown field(s) {', '.join(sorted(unknown))}")
+            raise AutoselectError(f"{where}: unknown field(s) {', '.join(sorted(map(str, unknown)))}")
         kind = obj.get("action", "freeze")
         act = obj.get("act")
+        smooth = obj.get("smooth", False)
+        if not isinstance(kind, str):
+            raise AutoselectError(f"{where}: 'action' must be a string, got {kind!r}"[:300])
+        if not isinstance(smooth, bool):
+            raise AutoselectError(f"{where}: 'smooth' must be true or false, got {smooth!r}"[:300])
         if kind in _SHORTHANDS:
             kind, implied = _SHORTHANDS[kind]
             if act is not None and act != implied:
                 raise AutoselectError(f"{where}: {obj['action']} contradicts act={act!r}")
             act = implied
         try:
-            return cls(kind=kind, act=act, weight_bits=obj.get("weight_bits"), smooth=bool(obj.get("smooth", False)))
+            return cls(kind=kind, act=act, weight_bits=obj.get("weight_bits"), smooth=smooth)
         except AutoselectError as exc:
             raise AutoselectError(f"{where}: {exc}") from None
 
@@ -172,34 +177,52 @@ def _parse(obj: Any, source: str) -> Plan:
     if not isinstance(obj, dict):
         raise AutoselectError(f"plan {source} is not an object")
     version = obj.get("version")
-    if version != PLAN_VERSION:
+    if version != PLAN_VERSION or isinstance(version, bool):
         raise AutoselectError(f"plan {source} has version {version!r}; this autoselect reads version {PLAN_VERSION}")
     unknown = set(obj) - {"version", "target", "model", "observers", "layers", "objectives", "provenance"}
     if unknown:
-        raise AutoselectError(f"plan {source}: unknown field(s) {', '.join(sorted(unknown))}")
+        raise AutoselectError(f"plan {source}: unknown field(s) {', '.join(sorted(map(str, unknown)))}")
     layers = obj.get("layers")
     if not isinstance(layers, dict) or not layers:
         raise AutoselectError(f"plan {source}: 'layers' must be a non-empty object")
     actions = {str(k): LayerAction.from_json(v, f"plan {source}, layer {k!r}") for k, v in layers.items()}
-    model = obj.get("model")
-    ref = None
-    if model is not None:
-        if not isinstance(model, dict) or "name" not in model:
-            raise AutoselectError(f"plan {source}: 'model' must be an object with a 'name'")
-        try:
-            ref = ModelRef(**model)
-        except TypeError as exc:
-            raise AutoselectError(f"plan {source}: bad 'model': {exc}") from None
-    observers = obj.get("observers") or {"weight": "minmax", "act": "minmax"}
+    ref = _model_ref(obj.get("model"), source)
+    observers = _mapping(obj, "observers", source) or {"weight": "minmax", "act": "minmax"}
     for key, val in observers.items():
-        if key not in ("weight", "act") or val not in ("minmax", "mse", "percentile"):
-            raise AutoselectError(f"plan {source}: bad observer {key}={val!r}")
+        if key not in ("weight", "act") or not isinstance(val, str) or val not in ("minmax", "mse", "percentile"):
+            raise AutoselectError(f"plan {source}: bad observer {key}={val!r}"[:300])
     target = obj.get("target", "generic")
     if not isinstance(target, str):
         raise AutoselectError(f"plan {source}: 'target' must be a string")
-    return Plan(layers=actions, target=target, model=ref, observers=dict(observers),
-                objectives=dict(obj.get("objectives") or {}), provenance=dict(obj.get("provenance") or {}),
-                version=version)
+    objectives = _mapping(obj, "objectives", source)
+    if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in objectives.values()):
+        raise AutoselectError(f"plan {source}: 'objectives' must map names to numbers")
+    return Plan(layers=actions, target=target, model=ref, observers=dict(observers), objectives=dict(objectives),
+                provenance=dict(_mapping(obj, "provenance", source)), version=version)
+
+
+def _mapping(obj: dict[str, Any], key: str, source: str) -> dict[str, Any]:
+    value = obj.get(key) or {}
+    if not isinstance(value, dict):
+        raise AutoselectError(f"plan {source}: {key!r} must be an object, got {type(value).__name__}")
+    return value
+
+
+def _model_ref(model: Any, source: str) -> ModelRef | None:
+    if model is None:
+        return None
+    if not isinstance(model, dict) or not isinstance(model.get("name"), str):
+        raise AutoselectError(f"plan {source}: 'model' must be an object with a 'name' string")
+    unknown = set(model) - {"name", "num_classes", "input_size", "weights_sha256"}
+    if unknown:
+        raise AutoselectError(f"plan {source}: 'model' has unknown field(s) {', '.join(sorted(map(str, unknown)))}")
+    for key in ("num_classes", "input_size"):
+        v = model.get(key)
+        if v is not None and (not isinstance(v, int) or isinstance(v, bool) or v < 1):
+            raise AutoselectError(f"plan {source}: model.{key} must be a positive integer, got {v!r}"[:300])
+    if not isinstance(model.get("weights_sha256"), (str, type(None))):
+        raise AutoselectError(f"plan {source}: model.weights_sha256 must be a string")
+    return ModelRef(**model)
 
 
 def load_plan(path: str | Path) -> Plan:
@@ -207,7 +230,7 @@ def load_plan(path: str | Path) -> Plan:
     p = Path(path)
     if not p.is_file():
         raise AutoselectError(f"plan file not found: {p}")
-    text = p.read_text()
+    text = read_text(p, "plan")
     try:
         if p.suffix in (".yaml", ".yml"):
             import yaml
@@ -218,7 +241,7 @@ def load_plan(path: str | Path) -> Plan:
     except json.JSONDecodeError as exc:
         raise AutoselectError(f"plan {p} is not valid JSON: {exc.msg} at line {exc.lineno}") from None
     except Exception as exc:  # noqa: BLE001 - yaml's errors
-        raise AutoselectError(f"plan {p} is not valid YAML: {str(exc).splitlines()[0]}") from None
+        raise AutoselectError(f"plan {p} is not valid YAML: {first_line(exc)}") from None
     return _parse(obj, str(p))
 
 

@@ -20,7 +20,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from autoselect.errors import AutoselectError
+from autoselect._io import read_text
+from autoselect.errors import AutoselectError, first_line
 from autoselect.plan import LayerAction, ModelRef, Plan
 
 __all__ = ["ACTIONS", "SPACE_VERSION", "Group", "SearchSpace", "builtin_spaces", "find_space", "load_space"]
@@ -164,48 +165,65 @@ class SearchSpace:
 # -- files -----------------------------------------------------------------------------------------------------
 
 
+_KINDS: dict[str, tuple[type, ...]] = {"models": (str,), "actions": (str,), "together": (str,), "smooth": (bool,),
+                                       "weight_bits": (int, type(None)), "roles": (str,)}
+
+
 def _tuple(value: Any, where: str, what: str) -> tuple[Any, ...]:
-    if isinstance(value, (str, int, bool)) or value is None:
-        return (value,)
-    if not isinstance(value, list):
-        raise AutoselectError(f"{where}: {what} must be a list or a single value")
-    return tuple(value)
+    """A list (or a single value) whose items are all of the kind ``what`` takes (``roles.*``: actions)."""
+    kinds = _KINDS[what.split(".")[0]]
+    items = (value,) if not isinstance(value, list) else tuple(value)
+    if isinstance(value, dict) or any(not isinstance(v, kinds) or (bool not in kinds and isinstance(v, bool))
+                                      for v in items):
+        names = " or ".join("null" if k is type(None) else k.__name__.replace("str", "string")
+                            .replace("bool", "true/false").replace("int", "integer") for k in kinds)
+        raise AutoselectError(f"{where}: {what} must be a list of {names} values (or one), got {value!r}"[:300])
+    return items
+
+
+def _text(obj: dict, key: str, where: str, default: str) -> str:
+    value = obj.get(key, default)
+    if value is None:
+        return default
+    if not isinstance(value, str):
+        raise AutoselectError(f"{where}: {key} must be a string, got {value!r}"[:300])
+    return value
 
 
 def _parse(obj: Any, source: str) -> SearchSpace:
     where = f"search space {source}"
     if not isinstance(obj, dict):
         raise AutoselectError(f"{where} is not a mapping")
-    if obj.get("version") != SPACE_VERSION:
+    if obj.get("version") != SPACE_VERSION or isinstance(obj.get("version"), bool):
         raise AutoselectError(f"{where} has version {obj.get('version')!r}; this autoselect reads {SPACE_VERSION}")
     unknown = set(obj) - _FIELDS
     if unknown:
-        raise AutoselectError(f"{where}: unknown field(s) {', '.join(sorted(unknown))}")
+        raise AutoselectError(f"{where}: unknown field(s) {', '.join(sorted(map(str, unknown)))}")
     roles = obj.get("roles") or {}
     if not isinstance(roles, dict):
         raise AutoselectError(f"{where}: roles must map a role to its actions")
     prior = obj.get("prior") or {}
     if not isinstance(prior, dict) or set(prior) - _PRIOR_FIELDS:
         raise AutoselectError(f"{where}: prior takes {', '.join(sorted(_PRIOR_FIELDS))}")
-    kw: dict[str, Any] = {"name": str(obj.get("name") or Path(source).stem), "source": source,
-                          "description": str(obj.get("description", ""))}
+    kw: dict[str, Any] = {"name": _text(obj, "name", where, Path(source).stem), "source": source,
+                          "description": _text(obj, "description", where, "")}
     for key in ("models", "actions", "together", "weight_bits", "smooth"):
         if key in obj:
             kw[key] = _tuple(obj[key], where, key)
     if "target" in obj:
-        kw["target"] = str(obj["target"])
+        kw["target"] = _text(obj, "target", where, "generic")
     kw["roles"] = {str(k): _tuple(v, where, f"roles.{k}") for k, v in roles.items()}
     if "budgets" in prior:
-        try:
-            kw["prior_budgets"] = tuple(float(b) for b in _tuple(prior["budgets"], where, "prior.budgets"))
-        except (TypeError, ValueError):
-            raise AutoselectError(f"{where}: prior.budgets must be numbers") from None
-    if prior.get("search_top") is not None:
-        kw["search_top"] = int(prior["search_top"])
-    try:
-        return SearchSpace(**kw)
-    except TypeError as exc:
-        raise AutoselectError(f"{where}: {exc}") from None
+        budgets = prior["budgets"] if isinstance(prior["budgets"], list) else [prior["budgets"]]
+        if not all(isinstance(b, (int, float)) and not isinstance(b, bool) for b in budgets):
+            raise AutoselectError(f"{where}: prior.budgets must be numbers")
+        kw["prior_budgets"] = tuple(float(b) for b in budgets)
+    top = prior.get("search_top")
+    if top is not None:
+        if not isinstance(top, int) or isinstance(top, bool):
+            raise AutoselectError(f"{where}: prior.search_top must be an integer, got {top!r}"[:300])
+        kw["search_top"] = top
+    return SearchSpace(**kw)
 
 
 def _space_dir() -> Path:
@@ -232,9 +250,9 @@ def load_space(path_or_name: str | Path) -> SearchSpace:
     import yaml
 
     try:
-        obj = yaml.safe_load(p.read_text())
+        obj = yaml.safe_load(read_text(p, "search space"))
     except Exception as exc:  # noqa: BLE001 - yaml's errors
-        raise AutoselectError(f"search space {p} is not valid YAML: {str(exc).splitlines()[0]}") from None
+        raise AutoselectError(f"search space {p} is not valid YAML: {first_line(exc)}") from None
     return _parse(obj, str(p))
 
 

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from autoselect.data.batches import ImageSet
-from autoselect.errors import AutoselectError
+from autoselect.errors import AutoselectError, first_line
 
 __all__ = ["load_images", "CIFAR10_NORMALIZE"]
 
@@ -68,7 +68,7 @@ def _cifar10(split: str, size: int) -> ImageSet:
         ds = CIFAR10(str(root), train=split == "train", download=True)
     except Exception as exc:  # noqa: BLE001 - no network, corrupt download: the user must point --data elsewhere
         raise AutoselectError(
-            f"cannot download CIFAR-10 ({str(exc).splitlines()[0]}); pass --data DIR with an ImageFolder copy"
+            f"cannot download CIFAR-10 ({first_line(exc)}); pass --data DIR with an ImageFolder copy"
         ) from None
     imgs = _resize(torch.from_numpy(ds.data).permute(0, 3, 1, 2).contiguous(), size)
     return ImageSet(imgs, torch.tensor(ds.targets), tuple(ds.classes), _CIFAR_MEAN, _CIFAR_STD, "cifar10")
@@ -77,8 +77,11 @@ def _cifar10(split: str, size: int) -> ImageSet:
 def _decode(path: str, size: int) -> torch.Tensor:
     from PIL import Image
 
-    with Image.open(path) as f:
-        rgb = f.convert("RGB")
+    try:
+        with Image.open(path) as f:
+            rgb = f.convert("RGB")
+    except (OSError, ValueError, Image.DecompressionBombError) as exc:  # UnidentifiedImageError is an OSError
+        raise AutoselectError(f"cannot decode image {path}: {first_line(exc)}") from None
     if rgb.size != (size, size):
         rgb = rgb.resize((size, size), Image.Resampling.BILINEAR)
     return torch.from_numpy(np.asarray(rgb, dtype=np.uint8).copy()).permute(2, 0, 1)
@@ -96,7 +99,7 @@ def _image_folder(root: Path, split: str, size: int, limit: int | None, seed: in
         classes, to_idx = find_classes(str(base))
         samples = make_dataset(str(base), to_idx, extensions=IMG_EXTENSIONS)
     except (FileNotFoundError, OSError) as exc:
-        raise AutoselectError(f"data directory {base} is not an ImageFolder: {str(exc).splitlines()[0]}") from None
+        raise AutoselectError(f"data directory {base} is not an ImageFolder: {first_line(exc)}") from None
     if not samples:
         raise AutoselectError(f"data directory {base} holds no images")
     if limit is not None and limit < len(samples):

@@ -13,8 +13,10 @@ onnxruntime is imported lazily: ``import autoselect`` never loads it.
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,7 +27,7 @@ import torch.nn as nn
 
 from autoselect._io import atomic_path
 from autoselect.data.batches import split_batch
-from autoselect.errors import AutoselectError
+from autoselect.errors import AutoselectError, first_line
 from autoselect.export.deploy import deploy_model
 from autoselect.quant.simulate import fuses_activations, quant_layers
 from autoselect.quant.targets import get_target
@@ -56,7 +58,7 @@ def export_fp32_onnx(model: nn.Module, path: str | Path, input_shape: tuple[int,
                               input_names=["input"], output_names=["logits"], dynamic_shapes=({0: batch},),
                               verbose=False)
         except Exception as exc:  # noqa: BLE001 - exporter failures are many; name the model's problem
-            raise AutoselectError(f"ONNX export failed: {str(exc).splitlines()[0]}") from None
+            raise AutoselectError(f"ONNX export failed: {first_line(exc)}") from None
         proto = onnx.load(str(raw))  # pulls in weights the exporter may have put in an external .data file
     with atomic_path(path) as tmp:
         onnx.save_model(proto, str(tmp), save_as_external_data=False)
@@ -108,6 +110,28 @@ def _override(symmetric: bool, scale: torch.Tensor, zp: torch.Tensor) -> dict[st
     return {"quant_type": QuantType.QInt8 if symmetric else QuantType.QUInt8,
             "scale": np.array(scale.item(), dtype=np.float32),
             "zero_point": np.array(int(zp), dtype=np.int8 if symmetric else np.uint8)}
+
+
+class _DropAdvice(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "pre-processing before quantization" not in record.getMessage()
+
+
+@contextlib.contextmanager
+def _no_preprocessing_advice() -> Iterator[None]:
+    """onnxruntime's quantizer logs, on the root logger, advice to run its pre-processing first; we do not, on
+    purpose (it rewrites the graph whose tensor names our overrides are keyed by), so the advice is dropped."""
+    root = logging.getLogger()
+    if not root.handlers:  # logging.warning() would add a stderr handler of its own for the advice
+        root.addHandler(logging.NullHandler())
+    drop = _DropAdvice()
+    for h in root.handlers:
+        h.addFilter(drop)
+    try:
+        yield
+    finally:
+        for h in root.handlers:
+            h.removeFilter(drop)
 
 
 def export(
@@ -168,7 +192,7 @@ def export(
                 per_channel[0]["axis"] = 0  # onnxruntime reads a list without "axis" as per-tensor
             overrides[node.input[1]] = per_channel
     int8_path = out / "model_int8.onnx"
-    with atomic_path(int8_path) as tmp:
+    with atomic_path(int8_path) as tmp, _no_preprocessing_advice():
         quantize_static(
             str(fp32_path), str(tmp), _Reader(calibration, calibration_images),
             quant_format=QuantFormat.QDQ if quant_format == "qdq" else QuantFormat.QOperator,

@@ -22,6 +22,7 @@ def ort_session(path: str | Path, *, threads: int = 1):
     opts.intra_op_num_threads = threads
     opts.inter_op_num_threads = 1
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    opts.log_severity_level = 3  # errors only: onnxruntime's warnings are not the user's to act on
     return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
 
 

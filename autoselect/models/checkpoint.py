@@ -11,6 +11,7 @@ A bare state dict is accepted too.
 from __future__ import annotations
 
 import hashlib
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,7 +20,7 @@ import torch
 import torch.nn as nn
 
 from autoselect._io import atomic_path
-from autoselect.errors import AutoselectError
+from autoselect.errors import AutoselectError, first_line
 
 __all__ = ["Checkpoint", "read_checkpoint", "load_weights", "save_checkpoint", "file_sha256"]
 
@@ -50,7 +51,7 @@ def read_checkpoint(path: str | Path) -> Checkpoint:
     try:
         obj = torch.load(p, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - any unreadable file is the user's input problem
-        raise AutoselectError(f"cannot read weights file {p}: {str(exc).splitlines()[0]}") from None
+        raise AutoselectError(f"cannot read weights file {p}: {first_line(exc)}") from None
     if isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict):
         sd = obj["state_dict"]
         meta = {k: v for k, v in obj.items() if k != "state_dict"}
@@ -58,16 +59,52 @@ def read_checkpoint(path: str | Path) -> Checkpoint:
         sd, meta = obj, {}
     else:
         raise AutoselectError(f"weights file {p} holds neither a state dict nor a checkpoint dict with 'state_dict'")
-    norm = meta.get("normalize")
+    _check_state_dict(sd, p)
     return Checkpoint(
         state_dict=sd,
-        model=meta.get("model"),
-        num_classes=meta.get("num_classes"),
-        input_size=meta.get("input_size"),
-        normalize=norm if isinstance(norm, dict) else None,
+        model=_meta(meta, "model", str, p),
+        num_classes=_meta(meta, "num_classes", int, p),
+        input_size=_meta(meta, "input_size", int, p),
+        normalize=_normalize(meta.get("normalize"), p),
         meta=meta,
         sha256=file_sha256(p),
     )
+
+
+def _check_state_dict(sd: dict, p: Path) -> None:
+    """Every entry a tensor under a string key; floating-point tensors finite (a NaN or Inf weight quantizes to
+    garbage without a word, so it is refused here)."""
+    if not sd:
+        raise AutoselectError(f"weights file {p} holds an empty state dict")
+    for k, v in sd.items():
+        if not isinstance(k, str) or not isinstance(v, torch.Tensor):
+            raise AutoselectError(f"weights file {p}: state dict entry {k!r} is not a named tensor")
+        if v.is_floating_point() and not bool(torch.isfinite(v).all()):
+            bad = int((~torch.isfinite(v)).sum())
+            raise AutoselectError(f"weights file {p}: tensor {k!r} has {bad} non-finite value(s) (NaN or Inf)")
+
+
+def _meta(meta: dict[str, Any], key: str, kind: type, p: Path) -> Any:
+    value = meta.get(key)
+    if value is None:
+        return None
+    if not isinstance(value, kind) or isinstance(value, bool) or (isinstance(value, int) and value < 1):
+        raise AutoselectError(f"weights file {p}: {key!r} must be a{'' if kind is str else ' positive'} "
+                              f"{kind.__name__}, got {value!r}")
+    return value
+
+
+def _normalize(norm: Any, p: Path) -> dict[str, list[float]] | None:
+    if norm is None:
+        return None
+    ok = isinstance(norm, dict) and all(
+        isinstance(norm.get(k), (list, tuple)) and len(norm[k]) == 3
+        and all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in norm[k])
+        for k in ("mean", "std"))
+    if not ok or any(v <= 0 for v in norm["std"]):
+        raise AutoselectError(f"weights file {p}: 'normalize' must be {{'mean': [3 numbers], 'std': [3 positive "
+                              f"numbers]}}, got {norm!r}"[:300])
+    return {"mean": [float(v) for v in norm["mean"]], "std": [float(v) for v in norm["std"]]}
 
 
 def _head(names: list[str], n: int = 3) -> str:

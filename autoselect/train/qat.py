@@ -27,7 +27,7 @@ from tqdm.auto import tqdm
 
 from autoselect._io import atomic_path
 from autoselect.data.batches import ImageSet
-from autoselect.errors import AutoselectError
+from autoselect.errors import AutoselectError, first_line
 from autoselect.evaluate import accuracy
 
 __all__ = ["QATConfig", "QATResult", "load_qat_checkpoint", "train_qat", "uses_channels_last"]
@@ -100,7 +100,7 @@ def load_qat_checkpoint(path: str | Path, qmodel: nn.Module, *, target: str | No
     except FileNotFoundError:
         raise AutoselectError(f"checkpoint not found: {path}") from None
     except Exception as exc:  # noqa: BLE001
-        raise AutoselectError(f"cannot read QAT checkpoint {path}: {str(exc).splitlines()[0]}") from None
+        raise AutoselectError(f"cannot read QAT checkpoint {path}: {first_line(exc)}") from None
     if not isinstance(ck, dict) or ck.get("kind") != "autoselect-qat":
         raise AutoselectError(f"{path} is not an autoselect QAT checkpoint")
     if ck.get("target") != target:
@@ -123,7 +123,7 @@ def _load(path: str, qmodel: nn.Module, opt: torch.optim.Optimizer, cfg: QATConf
     try:
         opt.load_state_dict(ck["optimizer"])
     except (KeyError, ValueError) as exc:
-        raise AutoselectError(f"checkpoint {path} does not fit this plan/model: {str(exc).splitlines()[0]}") from None
+        raise AutoselectError(f"checkpoint {path} does not fit this plan/model: {first_line(exc)}") from None
     return int(ck["step"]), list(ck.get("history", []))
 
 
