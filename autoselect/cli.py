@@ -10,8 +10,10 @@ import json
 import os
 import sys
 from collections.abc import Sequence
+from typing import NoReturn
 from pathlib import Path
 
+from autoselect._io import atomic_path, check_output_dir, check_output_file, output_dir
 from autoselect.errors import AutoselectError
 
 __all__ = ["main", "run"]
@@ -19,29 +21,55 @@ __all__ = ["main", "run"]
 DEFAULT_MODEL = "mobilenet_v2"
 
 
+def _count(minimum: int):
+    """An argparse type: an integer of at least ``minimum`` (argparse prints the one-line usage error)."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be a {parse.__name__}, got {value}")
+        return value
+
+    parse.__name__ = "positive integer" if minimum == 1 else "non-negative integer"
+    return parse
+
+
+class _Parser(argparse.ArgumentParser):
+    """Usage errors in the one-line form of every other error (argparse would print its usage block first)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"autoselect: error: {message} (see `{self.prog} --help`)\n")
+
+
+POS, NONNEG = _count(1), _count(0)
+
+
 def _common(p: argparse.ArgumentParser, *, data_default: str = "digits") -> None:
     p.add_argument("--model", help="torchvision name, registered name, or pkg.module:factory (default: the plan's "
                                   "model for train/export, else mobilenet_v2)")
     p.add_argument("--weights", help="FP32 checkpoint (.pt); without it the model has random weights")
-    p.add_argument("--num-classes", type=int, help="default: from the weights file, else from the data")
-    p.add_argument("--input-size", type=int, help="square input size; default: from the weights file, else 32")
+    p.add_argument("--num-classes", type=POS, help="default: from the weights file, else from the data")
+    p.add_argument("--input-size", type=POS, help="square input size; default: from the weights file, else 32")
     p.add_argument("--data", default=data_default, help="'digits' (embedded), 'cifar10', or an ImageFolder directory")
     p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:N")
-    p.add_argument("--batch-size", type=int, default=128)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--batch-size", type=POS, default=128)
+    p.add_argument("--seed", type=NONNEG, default=0)
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
 def _quant_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--target", default="generic", help="generic, x86, qnnpack, tensorrt, acl, snpe, tvm")
-    p.add_argument("--weight-bits", type=int, help="weight bit-width (simulation; default: the target's)")
+    p.add_argument("--weight-bits", type=POS, help="weight bit-width (simulation; default: the target's)")
     p.add_argument("--weight-observer", default="minmax", choices=["minmax", "mse", "percentile"])
     p.add_argument("--act-observer", default="minmax", choices=["minmax", "mse", "percentile"])
-    p.add_argument("--calib-images", type=int, default=1024, help="calibration images from the train split")
+    p.add_argument("--calib-images", type=POS, default=1024, help="calibration images from the train split")
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="autoselect", description=__doc__.splitlines()[0])
+    parser = _Parser(prog="autoselect", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
 
     sub.add_parser("models", help="list model names")
@@ -51,15 +79,15 @@ def _parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("baseline", help="train or fine-tune the FP32 model and save a checkpoint")
     _common(p)
-    p.add_argument("--epochs", type=int, default=15)
+    p.add_argument("--epochs", type=POS, default=15)
     p.add_argument("--lr", type=float, default=0.1, help="peak learning rate of the one-cycle schedule")
-    p.add_argument("--train-images", type=int, help="use a random subset of the train split")
+    p.add_argument("--train-images", type=POS, help="use a random subset of the train split")
     p.add_argument("--out", required=True, help="checkpoint file to write")
 
     p = sub.add_parser("ptq", help="FP32 vs per-tensor and per-channel PTQ top-1")
     _common(p)
     _quant_options(p)
-    p.add_argument("--eval-images", type=int, help="evaluate on a random subset of the test split")
+    p.add_argument("--eval-images", type=POS, help="evaluate on a random subset of the test split")
     p.add_argument("--json", help="also write the results to this JSON file")
 
     p = sub.add_parser("profile", help="rank layers and blocks by quantization sensitivity")
@@ -67,24 +95,24 @@ def _parser() -> argparse.ArgumentParser:
     _quant_options(p)
     p.add_argument("--per-tensor", action="store_true", help="per-tensor weights (default: the target's)")
     p.add_argument("--isolated", action="store_true", help="also quantize one layer at a time (one pass per layer)")
-    p.add_argument("--isolated-images", type=int, help="images for the isolated passes (default: all calibration)")
+    p.add_argument("--isolated-images", type=POS, help="images for the isolated passes (default: all calibration)")
     p.add_argument("--rank-by", default="local_drift", help="column to rank layers by (local_drift, drift, qmse, iso_qkl)")
-    p.add_argument("--top", type=int, default=10)
-    p.add_argument("--cache-mb", type=int, default=2048, help="memory for FP32 reference outputs (else 3 passes)")
+    p.add_argument("--top", type=POS, default=10)
+    p.add_argument("--cache-mb", type=NONNEG, default=2048, help="memory for FP32 reference outputs (else 3 passes)")
     p.add_argument("--out", help="output directory (default: runs/profile-MODEL)")
 
     p = sub.add_parser("train", help="selective QAT: train the plan's qat layers, report INT8 top-1")
     _common(p)
     p.add_argument("--plan", required=True, help="plan file (.json/.yaml) or a built-in plan name (`autoselect plans`)")
     p.add_argument("--target", help="override the plan's target (train for the target you will export to)")
-    p.add_argument("--steps", type=int, default=300, help="optimizer steps")
+    p.add_argument("--steps", type=POS, default=300, help="optimizer steps")
     p.add_argument("--lr", type=float, default=0.01, help="peak learning rate (after warm-up)")
-    p.add_argument("--warmup-steps", type=int, default=20)
+    p.add_argument("--warmup-steps", type=NONNEG, default=20)
     p.add_argument("--schedule", default="cosine", choices=["cosine", "step"])
-    p.add_argument("--calib-images", type=int, default=1024, help="calibration images from the train split")
-    p.add_argument("--train-images", type=int, help="train on a random subset of the train split")
-    p.add_argument("--eval-images", type=int, help="evaluate on a random subset of the test split")
-    p.add_argument("--checkpoint-every", type=int, default=100)
+    p.add_argument("--calib-images", type=POS, default=1024, help="calibration images from the train split")
+    p.add_argument("--train-images", type=POS, help="train on a random subset of the train split")
+    p.add_argument("--eval-images", type=POS, help="evaluate on a random subset of the test split")
+    p.add_argument("--checkpoint-every", type=POS, default=100)
     p.add_argument("--out", help="output directory (default: runs/train-PLAN)")
     p.add_argument("--resume", action="store_true", help="continue from OUT/qat.pt")
 
@@ -93,9 +121,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--plan", required=True, help="plan file or built-in plan name")
     p.add_argument("--checkpoint", help="QAT checkpoint from `autoselect train` (default: the plan as PTQ)")
     p.add_argument("--target", help="deployment target (default: the plan's; x86 or qnnpack run here)")
-    p.add_argument("--calib-images", type=int, default=1024)
-    p.add_argument("--eval-images", type=int, help="evaluate on a random subset of the test split")
-    p.add_argument("--latency-runs", type=int, default=200)
+    p.add_argument("--calib-images", type=POS, default=1024)
+    p.add_argument("--eval-images", type=POS, help="evaluate on a random subset of the test split")
+    p.add_argument("--latency-runs", type=POS, default=200)
     p.add_argument("--out", help="output directory (default: runs/export-PLAN)")
 
     sub.add_parser("plans", help="list built-in plans")
@@ -103,19 +131,19 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("search", help="search per-layer actions: Pareto front of top-1, retrained, latency")
     _common(p)
     p.add_argument("--target", help="deployment target (default: the space's; x86/qnnpack latency is measured)")
-    p.add_argument("--weight-bits", type=int, help="weight bit-width for every quantized layer (simulation)")
+    p.add_argument("--weight-bits", type=POS, help="weight bit-width for every quantized layer (simulation)")
     p.add_argument("--space", help="search space file or built-in name (default: the model family's)")
-    p.add_argument("--trials", type=int, help="finished trials the study should hold")
-    p.add_argument("--proxy-steps", type=int, help="QAT steps per trial")
-    p.add_argument("--proxy-batch", type=int, help="batch size of the proxy")
+    p.add_argument("--trials", type=POS, help="finished trials the study should hold")
+    p.add_argument("--proxy-steps", type=POS, help="QAT steps per trial")
+    p.add_argument("--proxy-batch", type=POS, help="batch size of the proxy")
     p.add_argument("--proxy-lr", type=float,
                    help="peak learning rate of the proxy (lower than a full run's: it ranks plans better)")
-    p.add_argument("--eval-every", type=int, help="steps between intermediate evaluations")
-    p.add_argument("--calib-images", type=int, help="calibration images per trial")
-    p.add_argument("--val-images", type=int, help="held out from the train split for validation "
+    p.add_argument("--eval-every", type=POS, help="steps between intermediate evaluations")
+    p.add_argument("--calib-images", type=POS, help="calibration images per trial")
+    p.add_argument("--val-images", type=POS, help="held out from the train split for validation "
                                                   "(default: 1000, at most a quarter of the split)")
-    p.add_argument("--train-images", type=int, help="train the proxy on a subset of the remaining images")
-    p.add_argument("--profile-images", type=int)
+    p.add_argument("--train-images", type=POS, help="train the proxy on a subset of the remaining images")
+    p.add_argument("--profile-images", type=POS)
     p.add_argument("--max-accuracy-drop", type=float, help="points of validation top-1 below FP32")
     p.add_argument("--max-retrained", type=float, help="fraction of parameters retrained, e.g. 0.25")
     p.add_argument("--max-latency-ms", type=float, help="latency limit (for cost-model targets: FP32 = 1)")
@@ -126,16 +154,16 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--prune-margin", type=float, help="points behind a cheaper trial to prune at")
     p.add_argument("--no-prune", action="store_true")
     p.add_argument("--latency", default="auto", choices=["auto", "measure", "cost"])
-    p.add_argument("--latency-runs", type=int)
+    p.add_argument("--latency-runs", type=POS)
     p.add_argument("--backend", default="optuna", choices=["optuna", "ray"],
                    help="optuna: trials one after another here; ray: trials in parallel through Ray Tune")
     p.add_argument("--address", help="ray: cluster to join (auto, HOST:PORT, or ray://HOST:PORT through Ray "
                    "Client from outside the cluster); default: a local Ray instance")
-    p.add_argument("--max-concurrent", type=int, help="ray: trials at once (default: as many as the CPUs fit)")
+    p.add_argument("--max-concurrent", type=POS, help="ray: trials at once (default: as many as the CPUs fit)")
     p.add_argument("--cpus-per-trial", type=float, help="ray: CPUs (and torch threads) per trial (default 1)")
     p.add_argument("--gpus-per-trial", type=float, help="ray: GPUs per trial (default 0)")
-    p.add_argument("--max-failures", type=int, help="ray: retries of a trial whose worker died (default 1)")
-    p.add_argument("--baseline-epochs", type=int, help="without --weights: FP32 epochs to train first")
+    p.add_argument("--max-failures", type=NONNEG, help="ray: retries of a trial whose worker died (default 1)")
+    p.add_argument("--baseline-epochs", type=POS, help="without --weights: FP32 epochs to train first")
     p.add_argument("--out", help="output directory (default: runs/search-MODEL)")
     p.add_argument("--resume", action="store_true", help="continue the study in OUT/study.db")
     return parser
@@ -171,14 +199,14 @@ def _cmd_models(args: argparse.Namespace) -> int:
 def _cmd_graph(args: argparse.Namespace) -> int:
     from autoselect.models import build_layer_graph, load_model
 
+    if args.csv:
+        check_output_file(args.csv, "--csv")
     loaded = load_model(args.model, weights=args.weights, num_classes=args.num_classes, input_size=args.input_size)
     graph = build_layer_graph(loaded.model, (1, 3, loaded.input_size, loaded.input_size))
     df = graph.to_frame()
     print(df.to_string(index=False))
     print(f"\n{len(graph)} quantizable layers in {len(graph.blocks)} blocks; {graph.total_params:,} parameters")
     if args.csv:
-        from autoselect._io import atomic_path
-
         with atomic_path(args.csv) as tmp:
             df.to_csv(tmp, index=False)
     return 0
@@ -188,6 +216,7 @@ def _cmd_baseline(args: argparse.Namespace) -> int:
     from autoselect.models import save_checkpoint
     from autoselect.train import train_baseline
 
+    check_output_file(args.out, "--out")
     prep = _prepare(args, train_images=args.train_images, warn_untrained=False)
     assert prep.train is not None and prep.test is not None
     lm = prep.loaded
@@ -207,6 +236,8 @@ def _cmd_ptq(args: argparse.Namespace) -> int:
 
     device = _device(args)
     schemes = {"per_tensor": _spec(args, per_channel=False), "per_channel": _spec(args, per_channel=True)}
+    if args.json:
+        check_output_file(args.json, "--json")
     prep = _prepare(args, train_images=args.calib_images, test_images=args.eval_images)
     assert prep.train is not None and prep.test is not None
     res = evaluate_ptq(prep.loaded.model, prep.train.batches(args.batch_size, device=device),
@@ -217,8 +248,6 @@ def _cmd_ptq(args: argparse.Namespace) -> int:
         label = "FP32" if spec is None else f"{name.replace('_', '-')}: {spec.describe()}"
         print(f"  top-1 {res[name]:6.2f}%  {label}")
     if args.json:
-        from autoselect._io import atomic_path
-
         with atomic_path(args.json) as tmp:
             tmp.write_text(json.dumps({"model": args.model, "target": args.target, "top1": res}, indent=2) + "\n")
     return 0
@@ -230,12 +259,12 @@ def _cmd_profile(args: argparse.Namespace) -> int:
     device = _device(args)
     spec = _spec(args, per_channel=False if args.per_tensor else None)
     check_rank_by(args.rank_by, isolated=args.isolated)
+    out = check_output_dir(args.out or f"runs/profile-{args.model.replace(':', '_')}")
     prep = _prepare(args, train_images=args.calib_images, splits=("train",))
     assert prep.train is not None
     report = profile(prep.loaded.model, prep.train.batches(args.batch_size, device=device), spec=spec,
                      isolated=args.isolated, isolated_images=args.isolated_images, rank_by=args.rank_by,
                      device=device, cache_mb=args.cache_mb, progress=not args.quiet, model_name=args.model)
-    out = Path(args.out or f"runs/profile-{args.model.replace(':', '_')}")
     written = report.save(out)
     o = report.output
     print(f"{args.model}: {len(prep.train)} calibration images, {spec.describe()}")
@@ -285,7 +314,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
     plan, plan_name = _resolve_plan(args)
     device = _device(args)
-    out = Path(args.out or f"runs/train-{plan_name}")
+    out = check_output_dir(args.out or f"runs/train-{plan_name}")
     cfg = QATConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr, warmup_steps=args.warmup_steps,
                     schedule=args.schedule, checkpoint=str(out / "qat.pt"), checkpoint_every=args.checkpoint_every,
                     seed=args.seed)
@@ -307,8 +336,6 @@ def _cmd_train(args: argparse.Namespace) -> int:
     summary = {"plan": args.plan, "model": args.model, "target": plan.target, "retrained_fraction": frac,
                "steps": res.steps, "resumed_from": res.resumed_from, "ptq_top1": ptq, "int8_top1_simulated": res.top1,
                "test_images": len(prep.test)}
-    from autoselect._io import atomic_path
-
     with atomic_path(out / "result.json") as tmp:
         tmp.write_text(json.dumps(summary, indent=2) + "\n")
     before = f"PTQ {ptq:.2f}% -> " if ptq is not None else ""
@@ -318,13 +345,13 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
-    from autoselect.evaluate import accuracy
-    from autoselect.export import export, latency_by_threads, ort_accuracy
+    from autoselect.export import export_and_measure
     from autoselect.quant.apply import apply_plan
     from autoselect.train.qat import load_qat_checkpoint
 
     plan, plan_name = _resolve_plan(args)
     device = _device(args)
+    out = check_output_dir(args.out or f"runs/export-{plan_name}")
     prep = _prepare(args, train_images=args.calib_images, test_images=args.eval_images)
     assert prep.train is not None and prep.test is not None
     size = prep.loaded.input_size
@@ -333,31 +360,19 @@ def _cmd_export(args: argparse.Namespace) -> int:
     if args.checkpoint:
         load_qat_checkpoint(args.checkpoint, qmodel, target=plan.target)
     qmodel.cpu()
-    out = Path(args.out or f"runs/export-{plan_name}")
-    res = export(qmodel, prep.train.batches(args.batch_size), out, input_shape=(1, 3, size, size))
-    test = prep.test.batches(256)
-    sim = accuracy(qmodel, test)
-    real = ort_accuracy(res.int8_path, test)
-    lat = latency_by_threads({"fp32": res.fp32_path, "int8": res.int8_path}, (1, 3, size, size),
-                             runs=args.latency_runs)
-    best = {k: min(v, key=v.get) for k, v in lat.items()}  # each model at its own fastest thread count
-    fp32_ms, int8_ms = lat["fp32"][best["fp32"]], lat["int8"][best["int8"]]
-    summary = {"plan": args.plan, "target": plan.target, "checkpoint": args.checkpoint,
-               "fp32_onnx": str(res.fp32_path), "int8_onnx": str(res.int8_path), "fp32_bytes": res.fp32_bytes,
-               "int8_bytes": res.int8_bytes, "simulated_top1": sim, "int8_top1": real, "test_images": len(prep.test),
-               "fp32_latency_ms": fp32_ms, "int8_latency_ms": int8_ms, "latency_threads": best,
-               "latency_ms_by_threads": lat, "int8_over_fp32": int8_ms / fp32_ms,
-               "int8_over_fp32_one_thread": lat["int8"][1] / lat["fp32"][1], "fp32_layers": res.fp32_layers}
-    from autoselect._io import atomic_path
-
-    with atomic_path(out / "export.json") as tmp:
-        tmp.write_text(json.dumps(summary, indent=2) + "\n")
-    print(f"{res.int8_path}: {res.int8_bytes / 1e6:.2f} MB (FP32 {res.fp32_bytes / 1e6:.2f} MB)")
-    print(f"top-1 on {len(prep.test)} test images: simulated {sim:.2f}%, onnxruntime INT8 {real:.2f}%")
-    print(f"batch-1 latency (onnxruntime, each at its fastest thread count): INT8 {int8_ms:.3f} ms "
-          f"({best['int8']} thread{'s' if best['int8'] > 1 else ''}), FP32 {fp32_ms:.3f} ms ({best['fp32']} "
-          f"thread{'s' if best['fp32'] > 1 else ''}): {int8_ms / fp32_ms:.2f}x; one thread each: "
-          f"{lat['int8'][1] / lat['fp32'][1]:.2f}x")
+    with output_dir(out):  # a failed export leaves no half-written folder
+        s = export_and_measure(qmodel, prep.train.batches(args.batch_size), prep.test.batches(256), out,
+                               input_shape=(1, 3, size, size), latency_runs=args.latency_runs,
+                               extra={"plan": args.plan, "target": plan.target, "checkpoint": args.checkpoint,
+                                      "test_images": len(prep.test)})
+    best, lat = s["latency_threads"], s["latency_ms_by_threads"]
+    print(f"{s['int8_onnx']}: {s['int8_bytes'] / 1e6:.2f} MB (FP32 {s['fp32_bytes'] / 1e6:.2f} MB)")
+    print(f"top-1 on {len(prep.test)} test images: simulated {s['simulated_top1']:.2f}%, onnxruntime INT8 "
+          f"{s['int8_top1']:.2f}%")
+    print(f"batch-1 latency (onnxruntime, each at its fastest thread count): INT8 {s['int8_latency_ms']:.3f} ms "
+          f"({best['int8']} thread{'s' if best['int8'] > 1 else ''}), FP32 {s['fp32_latency_ms']:.3f} ms "
+          f"({best['fp32']} thread{'s' if best['fp32'] > 1 else ''}): {s['int8_over_fp32']:.2f}x; one thread each: "
+          f"{s['int8_over_fp32_one_thread']:.2f}x")
     return 0
 
 

@@ -11,6 +11,7 @@ import torch
 
 from autoselect._io import atomic_path
 from autoselect.cli import main
+from autoselect.errors import AutoselectError
 
 TINY = ["--model", "tests.helpers:tiny_net", "--quiet"]
 
@@ -69,7 +70,9 @@ def test_baseline_then_ptq_then_profile(tmp_path, capsys):
         (["profile", *TINY, "--num-classes", "4"], "has 10 classes but model tests.helpers:tiny_net outputs 4"),
         (["profile", *TINY, "--target", "gpu"], "unknown target 'gpu'"),
         (["profile", *TINY, "--rank-by", "iso_qkl"], "need isolated"),
-        (["ptq", *TINY, "--calib-images", "0"], "must be positive"),
+        (["ptq", *TINY, "--calib-images", "0"], "must be a positive integer, got 0"),
+        (["ptq", *TINY, "--batch-size", "0"], "--batch-size: must be a positive integer"),
+        (["train", "--plan", "seed001_depthwise_1x1", "--steps", "-3"], "--steps: must be a positive integer"),
         (["search", "--backend", "ray", "--address", "ray://127.0.0.1:1", "--out", "/nonexistent/never-written"],
          "cannot reach the Ray cluster at 127.0.0.1:1"),
     ],
@@ -80,6 +83,67 @@ def test_bad_input_is_one_line_and_exit_2(argv, message, capsys):
     assert len([line for line in err if line.startswith("autoselect: error:")]) == 1
     assert message in err[-1]
     assert "Traceback" not in "\n".join(err)
+
+
+def _bad_files(tmp: Path) -> dict[str, Path]:
+    """The malformed inputs a new user fed to train/export/ptq that once ended in a traceback."""
+    from PIL import Image
+
+    files = {"binary_plan": tmp / "plan.json", "empty_weights": tmp / "empty.pt", "data": tmp / "data",
+             "existing_file": tmp / "taken", "tiny_plan": tmp / "tiny_plan.json"}
+    files["tiny_plan"].write_text(json.dumps({"version": 1, "layers": {"role:depthwise": "qat", "_default": "freeze"}}))
+    files["binary_plan"].write_bytes(b"\x80\xff\x00plan")
+    files["empty_weights"].write_bytes(b"")
+    files["existing_file"].write_text("not a folder")
+    for split in ("train", "test"):
+        for cls in ("a", "b"):
+            d = files["data"] / split / cls
+            d.mkdir(parents=True)
+            for i in range(3):
+                Image.new("RGB", (32, 32), (i * 40, 0, 0)).save(d / f"{i}.jpg")
+    (files["data"] / "train" / "a" / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    return files
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["train", "--plan", "{binary_plan}"], "is not UTF-8 text"),
+    (["export", "--plan", "{binary_plan}"], "is not UTF-8 text"),
+    (["ptq", *TINY, "--weights", "{empty_weights}"], "cannot read weights file"),
+    (["train", "--plan", "seed001_depthwise_1x1", "--weights", "{empty_weights}"], "cannot read weights file"),
+    (["ptq", *TINY, "--data", "{data}"], "cannot decode image"),
+    (["train", "--plan", "{tiny_plan}", *TINY, "--out", "{existing_file}"], "is an existing file"),
+    (["export", "--plan", "{tiny_plan}", *TINY, "--out", "{existing_file}"], "is an existing file"),
+    (["profile", *TINY, "--out", "{existing_file}"], "is an existing file"),
+    (["search", *TINY, "--out", "{existing_file}"], "is an existing file"),
+    (["baseline", *TINY, "--out", "{data}"], "is an existing folder"),
+    (["ptq", *TINY, "--json", "{existing_file}/x.json"], "taken is an existing file, not a folder"),
+])
+def test_malformed_files_get_one_line_before_any_work(tmp_path, capsys, argv, message):
+    import time
+
+    files = _bad_files(tmp_path)
+    argv = [a.format(**files) for a in argv]
+    t0 = time.perf_counter()
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("autoselect: error:") and message in err[0], err
+    assert time.perf_counter() - t0 < 20  # refused up front, not after training or exporting
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(p.name for p in files.values())  # nothing new
+
+
+def test_a_failed_export_leaves_no_half_made_folder(tmp_path, capsys, monkeypatch):
+    import autoselect.export.report as report
+
+    def broken(*args, **kwargs):
+        raise AutoselectError("ONNX export failed: simulated")
+
+    monkeypatch.setattr(report, "export", broken)
+    out = tmp_path / "exp"
+    plan = _bad_files(tmp_path)["tiny_plan"]
+    assert main(["export", "--plan", str(plan), *TINY, "--target", "x86", "--calib-images", "32",
+                 "--eval-images", "32", "--out", str(out)]) == 2
+    assert "simulated" in capsys.readouterr().err
+    assert not out.exists()
 
 
 def test_bad_weights_shape_is_reported(tmp_path, capsys):
@@ -152,8 +216,9 @@ def test_train_then_export_for_x86(tmp_path, capsys):
     out = tmp_path / "export"
     assert main(["export", *common, "--checkpoint", str(run / "qat.pt"), "--latency-runs", "3",
                  "--out", str(out)]) == 0
-    text = capsys.readouterr().out
-    assert "onnxruntime INT8" in text and (out / "model_int8.onnx").is_file()
+    captured = capsys.readouterr()
+    assert "onnxruntime INT8" in captured.out and (out / "model_int8.onnx").is_file()
+    assert "WARNING" not in captured.err and "pre-processing" not in captured.err  # --quiet: no onnxruntime logs
     summary = json.loads((out / "export.json").read_text())
     assert abs(summary["simulated_top1"] - summary["int8_top1"]) <= 10.0  # 32 images: at most 3 disagree
     lat = summary["latency_ms_by_threads"]
@@ -172,3 +237,25 @@ def test_explicit_model_that_the_plan_was_not_made_for_is_refused(tmp_path, caps
     plan.write_text('{"version": 1, "model": {"name": "resnet18"}, "layers": {"_default": "qat_asym"}}')
     assert main(["train", "--plan", str(plan), "--model", "mobilenet_v2", "--quiet"]) == 2
     assert "is for model 'resnet18', not 'mobilenet_v2'" in capsys.readouterr().err
+
+
+def test_a_model_file_of_the_users_works_without_pythonpath(tmp_path):
+    """`--model mynet.py:build` (a path) and `--model mynet:build` beside mynet.py, through the installed
+    `autoselect` command (which, unlike `python -m`, does not put the current folder on sys.path)."""
+    (tmp_path / "my_user_net.py").write_text(
+        "import torch.nn as nn\n"
+        "def build(num_classes=10):\n"
+        "    return nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),\n"
+        "                         nn.Linear(4, num_classes))\n")
+    (tmp_path / "broken_net.py").write_text("raise RuntimeError('no GPU here')\n")
+    exe = Path(sys.executable).with_name("autoselect")
+    cmd = [str(exe)] if exe.is_file() else [sys.executable, "-c", "from autoselect.cli import run; run()"]
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    for model in ("my_user_net:build", "./my_user_net.py:build", str(tmp_path / "my_user_net.py") + ":build"):
+        r = subprocess.run([*cmd, "graph", "--model", model], cwd=tmp_path, env=env, capture_output=True,
+                           text=True, timeout=120)
+        assert r.returncode == 0 and "2 quantizable layers" in r.stdout, (model, r.stderr[-500:])
+    r = subprocess.run([*cmd, "graph", "--model", "broken_net.py:build"], cwd=tmp_path, env=env,
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and r.stderr.strip().splitlines() == [
+        "autoselect: error: model 'broken_net.py:build': running broken_net.py failed: RuntimeError: no GPU here"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import sqlite3
+import subprocess
 import sys
 from pathlib import Path
 
@@ -155,6 +156,46 @@ def test_evaluator_raises_pruned_when_report_says_so():
                                                      for grp in space.groups(graph.layers)}, target="generic")
     ptq = ev.evaluate(frozen)
     assert calls == [] and ptq.retrained == 0.0 and ptq.top1 == out.history[0][1] == out.ptq_top1
+
+
+@pytest.mark.slow
+def test_ctrl_c_is_one_line_and_resume_reruns_the_interrupted_trial(tmp_path, searched):
+    """SIGINT mid-trial: exit 130 with one line (no Optuna traceback), trials.csv already lists what finished, the
+    folder is kept because it can be resumed, and --resume runs the interrupted trial again."""
+    import signal
+    import time
+
+    out = tmp_path / "interrupted"
+    args = [*SMALL, "--out", str(out), "--target", "generic-pt", "--weight-bits", "4", "--no-prune",
+            "--weights", str(searched / "fp32.pt"), "--proxy-steps", "40"]
+    cmd = [sys.executable, "-m", "autoselect", "search", *args, "--trials", "40"]
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=dict(os.environ, PYTHONPATH=str(ROOT)), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 240
+    try:
+        while len(finished_trials(out / "study.db")) < 3 and time.time() < deadline and proc.poll() is None:
+            time.sleep(0.2)
+        time.sleep(0.5)  # inside the next trial
+        shown = pd.read_csv(out / "trials.csv")  # written as trials finish, not only at the end
+        proc.send_signal(signal.SIGINT)
+        _, stderr = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, stderr[-2000:]
+    assert "Traceback" not in stderr and "KeyboardInterrupt" not in stderr, stderr[-2000:]
+    lines = stderr.strip().splitlines()
+    assert lines[-1] == "autoselect: interrupted" and len(lines) == 2 and "--resume continues it" in lines[0], lines
+    assert len(shown[shown["state"].isin(["complete", "pruned"])]) >= 3
+    before = finished_trials(out / "study.db")
+    trials = pd.read_csv(out / "trials.csv")
+    stopped = trials[trials["interrupted"]]
+    assert len(stopped) == 1 and stopped.iloc[0]["state"] == "fail"
+    assert main(["search", *args, "--trials", str(len(before) + 1), "--resume"]) == 0
+    again = pd.read_csv(out / "trials.csv")
+    rerun = again[again["retry_of"] == stopped.iloc[0]["trial"]]
+    assert len(rerun) == 1 and rerun.iloc[0]["state"] in ("complete", "pruned")
+    assert rerun.iloc[0]["params"] == stopped.iloc[0]["params"]
 
 
 @pytest.mark.slow

@@ -10,6 +10,8 @@ Elsewhere (larger maps, CUDA) it is the ordinary convolution.
 
 from __future__ import annotations
 
+import functools
+
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -94,13 +96,17 @@ def depthwise_conv2d(layer: nn.Conv2d, x: torch.Tensor, w: torch.Tensor) -> torc
     return F.conv2d(x, w, layer.bias, stride, padding, dilation, layer.groups)
 
 
+def _patched_forward(m: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
+    return depthwise_conv2d(m, x, m.weight)
+
+
 @contextmanager
 def fast_depthwise(model: nn.Module) -> Iterator[nn.Module]:
     """Within the block, every plain depthwise ``nn.Conv2d`` of ``model`` runs through :func:`depthwise_conv2d`
     (for FP32 training; quantized layers use it always). The modules are restored on exit."""
     patched = [m for m in model.modules() if type(m) is nn.Conv2d and is_depthwise(m)]
     for m in patched:
-        m.forward = (lambda x, m=m: depthwise_conv2d(m, x, m.weight))  # type: ignore[method-assign]
+        m.forward = functools.partial(_patched_forward, m)  # type: ignore[method-assign]
     try:
         yield model
     finally:

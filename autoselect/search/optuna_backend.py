@@ -7,6 +7,7 @@ The backend sees parameters, plans and an evaluation callable, never a model: ``
 from __future__ import annotations
 
 import json
+import logging
 import warnings
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -20,7 +21,7 @@ from autoselect.errors import AutoselectError
 from autoselect.search.objective import Outcome, Pruned
 from autoselect.search.pruning import Finished, ParetoPruner
 
-__all__ = ["SAMPLERS", "finished_trials", "open_study", "run_optuna", "trials_frame"]
+__all__ = ["SAMPLERS", "finished_trials", "open_study", "requeue_unfinished", "run_optuna", "trials_frame"]
 
 SAMPLERS = ("tpe", "random", "nsga2")
 DIRECTIONS: list[Any] = ["maximize", "minimize", "minimize"]  # top-1, retrained fraction, latency
@@ -63,11 +64,39 @@ def open_study(storage_path: str | Path, *, resume: bool, sampler: str = "tpe", 
         warnings.simplefilter("ignore")
         study.set_metric_names(list(METRIC_NAMES))
     if resume:
-        for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
-            study._storage.set_trial_state_values(t._trial_id, optuna.trial.TrialState.FAIL)
-            attrs = {"retry_of": t.number, **({"source": "prior"} if t.user_attrs.get("source") == "prior" else {})}
-            study.enqueue_trial(t.params, user_attrs=attrs)
+        requeue_unfinished(study)
     return study
+
+
+def requeue_unfinished(study: optuna.Study) -> list[int]:
+    """Queue again, once each, the trials a previous run did not finish: those a killed run left RUNNING (marked
+    failed now) and those stopped by Ctrl-C (failed, with ``interrupted``). Returns their numbers."""
+    retried = {t.user_attrs.get("retry_of") for t in study.get_trials(deepcopy=False)}
+    again = []
+    for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING, optuna.trial.TrialState.FAIL)):
+        if t.number in retried or (t.state == optuna.trial.TrialState.FAIL and not t.user_attrs.get("interrupted")):
+            continue
+        if t.state == optuna.trial.TrialState.RUNNING:
+            study._storage.set_trial_state_values(t._trial_id, optuna.trial.TrialState.FAIL)
+        attrs = {"retry_of": t.number, **({"source": "prior"} if t.user_attrs.get("source") == "prior" else {})}
+        study.enqueue_trial(t.params, user_attrs=attrs)
+        again.append(t.number)
+    return again
+
+
+class _NoInterruptTraceback(logging.Filter):
+    """Optuna logs a trial stopped by Ctrl-C as a failure (with the KeyboardInterrupt's traceback, then "failed
+    with value None") before it re-raises it; the CLI says "interrupted" in one line instead, and ``--resume``
+    runs that trial again. Once ``interrupted`` is set, Optuna's lines about the failed trial are dropped."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.interrupted = False
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        self.interrupted = self.interrupted or isinstance(exc, KeyboardInterrupt)
+        return not (self.interrupted and record.getMessage().startswith("Trial "))
 
 
 def finished_trials(study: optuna.Study) -> list[Finished]:
@@ -89,8 +118,10 @@ def run_optuna(
     pruner: ParetoPruner | None = None,
     progress: bool = True,
     describe: Callable[[optuna.Study], str] | None = None,
+    on_finish: Callable[[optuna.Study], None] | None = None,
 ) -> int:
     """Run trials until the study holds ``n_trials`` finished (complete or pruned) ones; returns how many ran now.
+    ``on_finish(study)`` is called after each trial (the search writes ``trials.csv`` there).
 
     ``warm_start`` parameter sets are queued first (on a fresh study only) and are never pruned: they anchor the
     front at the prior's parameter budgets, and the larger ones learn slowest at first. A trial whose parameters
@@ -133,6 +164,9 @@ def run_optuna(
         except Pruned as p:
             trial.set_user_attr("pruned_at", p.step)
             raise optuna.TrialPruned(str(p)) from None
+        except KeyboardInterrupt:
+            trial.set_user_attr("interrupted", True)  # --resume runs it again (requeue_unfinished)
+            raise
         trial.set_user_attr("key", key)
         trial.set_user_attr("ptq_top1", out.ptq_top1)
         trial.set_user_attr("seconds", out.seconds)
@@ -143,6 +177,8 @@ def run_optuna(
 
     def on_trial(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
         bar.update(1)
+        if on_finish is not None:
+            on_finish(study)
         if trial.state == optuna.trial.TrialState.COMPLETE:
             v = trial.values
             line = f"trial {trial.number}: top-1 {v[0]:.2f}%  retrained {100 * v[1]:.1f}%  latency {v[2]:.4g}"
@@ -158,16 +194,25 @@ def run_optuna(
             bar.write(line)
             if describe is not None:
                 bar.set_postfix_str(describe(study))
+    quiet = _NoInterruptTraceback()
+    handlers = logging.getLogger("optuna").handlers  # records from optuna's modules reach these by propagation
+    for h in handlers:
+        h.addFilter(quiet)
     try:
         study.optimize(objective, n_trials=remaining, callbacks=[on_trial], gc_after_trial=False)
     finally:
+        for h in handlers:
+            h.removeFilter(quiet)
         bar.close()
+        if on_finish is not None:  # also after Ctrl-C: the interrupted trial is listed
+            on_finish(study)
     return remaining
 
 
 def trials_frame(study: optuna.Study) -> pd.DataFrame:
     """Every trial: number, state, the three objectives (the last reported top-1 for pruned ones), timing,
-    where it came from, (ray backend) its retries and the Ray node it ran on, and its parameters as JSON."""
+    where it came from (the trial it reruns, after a kill or Ctrl-C; whether Ctrl-C stopped it), (ray backend)
+    its retries and the Ray node it ran on, and its parameters as JSON."""
     rows = []
     for t in study.get_trials(deepcopy=False):
         if t.state == optuna.trial.TrialState.WAITING:
@@ -183,7 +228,10 @@ def trials_frame(study: optuna.Study) -> pd.DataFrame:
         rows.append({"trial": t.number, "state": t.state.name.lower(), "top1": top1, "retrained": retrained,
                      "latency": latency, "ptq_top1": t.user_attrs.get("ptq_top1"),
                      "seconds": t.user_attrs.get("seconds"), "source": t.user_attrs.get("source", "sampler"),
-                     "duplicate_of": t.user_attrs.get("duplicate_of"), "retries": t.user_attrs.get("retries", 0),
+                     "duplicate_of": t.user_attrs.get("duplicate_of"), "retry_of": t.user_attrs.get("retry_of"),
+                     "interrupted": bool(t.user_attrs.get("interrupted", False)),
+                     "retries": t.user_attrs.get("retries", 0),
                      "node": t.user_attrs.get("node"), "params": json.dumps(t.params, sort_keys=True)})
     return pd.DataFrame(rows, columns=["trial", "state", "top1", "retrained", "latency", "ptq_top1", "seconds",
-                                       "source", "duplicate_of", "retries", "node", "params"])
+                                       "source", "duplicate_of", "retry_of", "interrupted", "retries", "node",
+                                       "params"])

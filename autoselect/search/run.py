@@ -17,7 +17,7 @@ from typing import Any
 
 import pandas as pd
 
-from autoselect._io import atomic_path
+from autoselect._io import atomic_path, output_dir
 from autoselect.errors import AutoselectError
 from autoselect.search.latency import LatencyModel
 from autoselect.search.objective import ProxyBudget, TrialEvaluator, measure_export_latency
@@ -145,18 +145,38 @@ def _space(cfg: SearchConfig, target_name: str | None) -> tuple[SearchSpace, Any
 
 
 def search(cfg: SearchConfig) -> SearchResult:
-    """Run (or resume) a search; see the module docstring for what it writes."""
+    """Run (or resume) a search; see the module docstring for what it writes. ``cfg.out`` is checked before any
+    work; a search that fails leaves no output folder behind, unless it holds what a rerun continues from."""
     if cfg.backend not in BACKENDS:
         raise AutoselectError(f"unknown backend {cfg.backend!r}; choose one of {', '.join(BACKENDS)}")
-    if cfg.backend == "ray":  # connect first: an unreachable cluster should fail before the profile, not after
-        from autoselect.search.ray_backend import ray_session
-        from autoselect.search.ray_client import is_client_address, search_via_client
+    with output_dir(cfg.out, worth_keeping=_resumable):
+        if cfg.backend == "ray":  # connect first: an unreachable cluster should fail before the profile, not after
+            from autoselect.search.ray_backend import ray_session
+            from autoselect.search.ray_client import is_client_address, search_via_client
 
-        if is_client_address(cfg.ray.address):
-            return search_via_client(cfg)
-        with ray_session(cfg.ray.address):
-            return _search(cfg)
-    return _search(cfg)
+            if is_client_address(cfg.ray.address):
+                return search_via_client(cfg)
+            with ray_session(cfg.ray.address):
+                return _search(cfg)
+        return _search(cfg)
+
+
+def _resumable(out: Path) -> str | None:
+    """What a failed or interrupted search leaves that a rerun continues from, in words; None if nothing."""
+    import sqlite3
+
+    db = out / "study.db"
+    if db.is_file():
+        try:
+            with sqlite3.connect(db) as con:
+                n = con.execute("SELECT COUNT(*) FROM trials WHERE state IN ('COMPLETE', 'PRUNED')").fetchone()[0]
+        except sqlite3.Error:
+            n = 0
+        if n:
+            return f"its study holds {n} finished trial{'s' if n > 1 else ''}: --resume continues it"
+    if (out / "fp32.pt").is_file():
+        return "it holds the FP32 baseline trained for this search (fp32.pt), which a rerun with this --out reuses"
+    return None
 
 
 def _search(cfg: SearchConfig, prepared: Any = None) -> SearchResult:
@@ -254,6 +274,10 @@ def _search(cfg: SearchConfig, prepared: Any = None) -> SearchResult:
 
     pruner = ParetoPruner(margin=cfg.prune_margin or 0.0, enabled=cfg.prune_margin is not None,
                           warmup_steps=cfg.proxy.steps // 2)
+
+    def write_trials(st) -> None:  # after every trial: a killed search still shows its progress
+        with atomic_path(out / "trials.csv") as tmp:
+            trials_frame(st).to_csv(tmp, index=False)
     t0 = time.perf_counter()
     ray_run = None
     if cfg.backend == "ray":
@@ -266,20 +290,19 @@ def _search(cfg: SearchConfig, prepared: Any = None) -> SearchResult:
                           warm_start=starts, pruner=pruner, address=r.address, max_concurrent=r.max_concurrent,
                           cpus_per_trial=r.cpus_per_trial, gpus_per_trial=r.gpus_per_trial,
                           max_failures=r.max_failures, storage_path=str((out / "ray").resolve()),
-                          progress=cfg.progress, describe=describe)
+                          progress=cfg.progress, describe=describe, on_finish=write_trials)
         ran = ray_run.ran
     else:
         ran = run_optuna(study, parameters=parameters, make_plan=make_plan, evaluate=evaluator.evaluate,
                          n_trials=cfg.trials, warm_start=starts, pruner=pruner, progress=cfg.progress,
-                         describe=describe)
+                         describe=describe, on_finish=write_trials)
     trials_s = time.perf_counter() - t0
 
     # 5. results
+    write_trials(study)
     df = trials_frame(study)
     done = df[df["state"] == "complete"].reset_index(drop=True)
     front = done[pareto_mask(done)] if not done.empty else done
-    with atomic_path(out / "trials.csv") as tmp:
-        df.to_csv(tmp, index=False)
     with atomic_path(out / "pareto.csv") as tmp:
         front.sort_values("retrained").to_csv(tmp, index=False)
     chosen = choose(done, cfg.constraints, fp32_top1=fp32_top1)
