@@ -54,7 +54,7 @@ def output_metrics(fp_logits: torch.Tensor, q_logits: torch.Tensor, labels: torc
     out = {
         "qmse": float((fp_logits - q_logits).pow(2).mean()),
         "qce": float(-(p * q_log).sum(dim=1).mean()),
-        "qkl": float((p * (p_log - q_log)).sum(dim=1).mean()),
+        "qkl": max(0.0, float((p * (p_log - q_log)).sum(dim=1).mean())),  # KL >= 0: no rounding below it
         "agreement": 100.0 * float((fp_logits.argmax(1) == q_logits.argmax(1)).float().mean()),
         "images": float(len(fp_logits)),
     }
