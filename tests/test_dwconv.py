@@ -22,7 +22,7 @@ def test_tap_weight_gradient_matches_pytorch(size, stride, padding, dilation, ke
     conv = nn.Conv2d(6, 6, kernel, stride, padding, dilation, groups=6, bias=bias).double()
     x = torch.randn(5, 6, size, size, dtype=torch.float64, requires_grad=True)
     w = conv.weight.detach().clone().requires_grad_()
-    y = depthwise_conv2d(conv, x, w)
+    y = depthwise_conv2d(conv, x, w, conv.bias)
     ho = y.shape[-1]
     assert ho * ho <= TAP_GRAD_MAX_POSITIONS  # the tap path is the one under test
     g = torch.randn_like(y)
@@ -42,11 +42,11 @@ def test_tap_weight_gradient_matches_pytorch(size, stride, padding, dilation, ke
 def test_large_maps_and_frozen_weights_take_the_ordinary_convolution():
     conv = nn.Conv2d(4, 4, 3, padding=1, groups=4)
     big = torch.randn(2, 4, 8, 8)
-    assert depthwise_conv2d(conv, big, conv.weight).grad_fn.name() == "ConvolutionBackward0"
+    assert depthwise_conv2d(conv, big, conv.weight, conv.bias).grad_fn.name() == "ConvolutionBackward0"
     tiny = torch.randn(2, 4, 1, 1)
-    assert depthwise_conv2d(conv, tiny, conv.weight).grad_fn.name().startswith("_TapDepthwise")
+    assert depthwise_conv2d(conv, tiny, conv.weight, conv.bias).grad_fn.name().startswith("_TapDepthwise")
     frozen = conv.weight.detach()
-    assert depthwise_conv2d(conv, tiny, frozen).grad_fn.name() == "ConvolutionBackward0"
+    assert depthwise_conv2d(conv, tiny, frozen, conv.bias).grad_fn.name() == "ConvolutionBackward0"
 
 
 def test_is_depthwise():

@@ -51,6 +51,11 @@ def deploy_model(qmodel: nn.Module) -> nn.Module:
     folds: dict[str, torch.Tensor] = {}
     for path, ql in quant_layers(model).items():
         layer = ql.layer
+        if ql.bias_delta is not None:  # a bias correction: the quantized layer's bias is the deployed one
+            with torch.no_grad():
+                b = ql.quant_bias()
+                assert b is not None
+                layer.bias = nn.Parameter(b.detach().clone())
         if ql.smooth_scale is not None:
             with torch.no_grad():
                 layer.weight.copy_(ql.effective_weight())

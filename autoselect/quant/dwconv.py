@@ -83,8 +83,9 @@ def _tap_weight_grad(x, g, kernel, stride, padding, dilation) -> torch.Tensor:
     return grad
 
 
-def depthwise_conv2d(layer: nn.Conv2d, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-    """``layer``'s convolution of ``x`` with weight ``w`` (a depthwise layer: see :func:`is_depthwise`)."""
+def depthwise_conv2d(layer: nn.Conv2d, x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None) -> torch.Tensor:
+    """``layer``'s convolution of ``x`` with weight ``w`` and bias ``b`` (a depthwise layer: see
+    :func:`is_depthwise`)."""
     stride, padding, dilation = _pair(layer.stride), _pair(layer.padding), _pair(layer.dilation)
     use_taps = x.device.type == "cpu" and torch.is_grad_enabled() and w.requires_grad
     if use_taps:
@@ -92,12 +93,12 @@ def depthwise_conv2d(layer: nn.Conv2d, x: torch.Tensor, w: torch.Tensor) -> torc
         wo = (x.shape[-1] + 2 * padding[1] - dilation[1] * (w.shape[-1] - 1) - 1) // stride[1] + 1
         use_taps = ho * wo <= TAP_GRAD_MAX_POSITIONS
     if use_taps:
-        return _TapDepthwise.apply(x, w, layer.bias, stride, padding, dilation)
-    return F.conv2d(x, w, layer.bias, stride, padding, dilation, layer.groups)
+        return _TapDepthwise.apply(x, w, b, stride, padding, dilation)
+    return F.conv2d(x, w, b, stride, padding, dilation, layer.groups)
 
 
 def _patched_forward(m: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
-    return depthwise_conv2d(m, x, m.weight)
+    return depthwise_conv2d(m, x, m.weight, m.bias)
 
 
 @contextmanager

@@ -37,6 +37,9 @@ class QuantLayer(nn.Module):
     out_zero_point: torch.Tensor
     calibrated: torch.Tensor
     smooth_scale: torch.Tensor | None
+    weight_scale_fixed: torch.Tensor | None
+    weight_zp_fixed: torch.Tensor | None
+    bias_delta: torch.Tensor | None
 
     def __init__(self, layer: nn.Conv2d | nn.Linear, spec: QuantSpec | None, *, per_channel_stats: bool = False,
                  seed: int = 0) -> None:
@@ -52,6 +55,11 @@ class QuantLayer(nn.Module):
         self.register_buffer("out_zero_point", torch.zeros((), dtype=torch.int32))
         self.register_buffer("calibrated", torch.zeros((), dtype=torch.bool))
         self.register_buffer("smooth_scale", _smooth_scale(layer) if spec is not None and spec.smooth else None)
+        # what post-training methods leave (autoselect.quant.methods): weight qparams fixed once a method chose the
+        # integer weights (the weight then lies on that grid), and a per-output-channel bias added when quantized
+        self.register_buffer("weight_scale_fixed", None)
+        self.register_buffer("weight_zp_fixed", None)
+        self.register_buffer("bias_delta", None)
         self.observer = (
             ActivationObserver(spec.act, per_channel_stats=per_channel_stats, seed=seed)
             if spec is not None and spec.act is not None
@@ -60,6 +68,7 @@ class QuantLayer(nn.Module):
         self.out_observer = (
             ActivationObserver(spec.output, seed=seed + 7919) if spec is not None and spec.output is not None else None
         )
+        self.followed_by: str | None = None  # the activation module after the layer (set by quantize_model)
         # smoothing folded into the layer feeding this one (see simulate.fold_smoothing); None: an explicit Mul
         self.smooth_folded_into: str | None = None
         self._wq: tuple[torch.Tensor, torch.Tensor] | None = None
@@ -109,6 +118,8 @@ class QuantLayer(nn.Module):
 
     def weight_qparams(self) -> tuple[torch.Tensor, torch.Tensor]:
         assert self.spec is not None and self.spec.weight is not None
+        if self.weight_scale_fixed is not None and self.weight_zp_fixed is not None:
+            return self.weight_scale_fixed, self.weight_zp_fixed
         w = self.layer.weight
         key = (w.data_ptr(), w._version, str(w.device))
         if self._wq is None or self._wq_key != key:
@@ -138,13 +149,33 @@ class QuantLayer(nn.Module):
             raise RuntimeError("activation quantizer used before calibration")
         return fake_quant(x, self.act_scale, self.act_zero_point, self.spec.act)
 
+    @torch.no_grad()
+    def fix_weight(self, weight_int: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor) -> None:
+        """Make ``scale * (weight_int - zero_point)`` the layer's (effective) weight and fix its qparams, so that
+        quantizing it gives back ``weight_int`` exactly (a rounding method's result; the export carries it)."""
+        shape = [-1] + [1] * (weight_int.dim() - 1) if scale.dim() else []
+        w_eff = (weight_int.float() - zero_point.float().view(shape)) * scale.view(shape)
+        if self.smooth_scale is not None:
+            w_eff = w_eff * self._shape(self.smooth_scale, weight=True)
+        self.layer.weight.copy_(w_eff.to(self.layer.weight))
+        self.weight_scale_fixed = scale.detach().clone().to(self.layer.weight.device)
+        self.weight_zp_fixed = zero_point.detach().clone().to(self.layer.weight.device)
+
+    def quant_bias(self) -> torch.Tensor | None:
+        """The bias the quantized layer adds: the layer's, plus a bias correction's ``bias_delta``."""
+        b = self.layer.bias
+        if self.bias_delta is None:
+            return b
+        return self.bias_delta if b is None else b + self.bias_delta
+
     def _run(self, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
         layer = self.layer
+        bias = self.quant_bias()
         if isinstance(layer, nn.Conv2d):
             if is_depthwise(layer):
-                return depthwise_conv2d(layer, x, w)
-            return layer._conv_forward(x, w, layer.bias)
-        return F.linear(x, w, layer.bias)
+                return depthwise_conv2d(layer, x, w, bias)
+            return layer._conv_forward(x, w, bias)
+        return F.linear(x, w, bias)
 
     def quantize_output(self, y: torch.Tensor) -> torch.Tensor:
         if self.spec is None or self.spec.output is None:

@@ -58,7 +58,9 @@ def quantize_model(
     for i, path in enumerate(graph.paths):
         layer = qmodel.get_submodule(path)
         assert isinstance(layer, (nn.Conv2d, nn.Linear))
-        set_submodule(qmodel, path, QuantLayer(layer, resolved[path], per_channel_stats=per_channel_stats, seed=i))
+        ql = QuantLayer(layer, resolved[path], per_channel_stats=per_channel_stats, seed=i)
+        ql.followed_by = graph[path].activation  # what a reconstruction method applies after the layer
+        set_submodule(qmodel, path, ql)
     fold_smoothing(qmodel, graph, resolved)
     if integer_graph:
         for info in graph:
@@ -173,7 +175,9 @@ def set_mode(model: nn.Module, mode: str, only: Iterable[str] | None = None) -> 
 @torch.no_grad()
 def calibrate(model: nn.Module, data: Iterable, *, device: torch.device | str = "cpu",
               progress: bool = False) -> int:
-    """Run ``data`` through ``model`` observing activations, then fix activation scales. Returns images seen."""
+    """Run ``data`` through ``model`` observing activations, then fix activation scales, then apply the
+    post-training methods the layers' specs ask for (:mod:`autoselect.quant.methods`; their seconds are in
+    ``model.autoselect_method_seconds``). ``data`` must be re-iterable when a method runs. Returns images seen."""
     set_mode(model, "observe")
     seen = 0
     for batch in tqdm(data, desc="calibrate", disable=not progress, leave=False):
@@ -185,6 +189,9 @@ def calibrate(model: nn.Module, data: Iterable, *, device: torch.device | str = 
     for layer in quant_layers(model).values():
         layer.finish_calibration()
     set_mode(model, "quant")
+    from autoselect.quant.methods import run_methods
+
+    run_methods(model, data, device=device, progress=progress)
     return seen
 
 

@@ -65,17 +65,26 @@ class QuantSpec:
     smooth: bool = False  # seed 003: weight / s_c and activation * s_c per input channel, s_c = max|w_c|
     # the layer's output (before its activation function): integer runtimes requantize it (QLinearConv's output)
     output: TensorQuant | None = None
+    # post-training methods (autoselect.quant.methods): how the weight is rounded onto its grid, and whether the
+    # mean shift of the output that quantization causes is corrected in the bias
+    rounding: str = "nearest"
+    bias_correction: bool = False
 
     def __post_init__(self) -> None:
         for t in (self.act, self.output):
             if t is not None and t.per_channel:
                 raise AutoselectError("per-channel activation quantization is not supported by any target")
+        if not isinstance(self.rounding, str) or not self.rounding:
+            raise AutoselectError(f"rounding must be a method name, got {self.rounding!r}")
 
     def describe(self) -> str:
         w = self.weight.describe() if self.weight else "fp32"
         a = self.act.describe() if self.act else "fp32"
         out = f" O[{self.output.describe()}]" if self.output else ""
-        return f"W[{w}] A[{a}]{out}" + (" smoothed" if self.smooth else "")
+        extra = "".join([" smoothed" if self.smooth else "",
+                         f" {self.rounding}" if self.rounding != "nearest" and self.weight else "",
+                         " bias-corrected" if self.bias_correction else ""])
+        return f"W[{w}] A[{a}]{out}{extra}"
 
 
 def w8a8(*, per_channel: bool = True, weight_bits: int = 8, act_bits: int = 8, weight_observer: str = "minmax",
