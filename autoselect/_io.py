@@ -78,7 +78,7 @@ def check_output_file(path: str | os.PathLike[str], what: str) -> Path:
     p = Path(path)
     if p.is_dir():
         raise AutoselectError(f"{what} {p} is an existing folder, not a file")
-    check_output_dir(p.parent if str(p.parent) else ".", what=f"{what} {p}: folder")
+    check_output_dir(p.parent, what=f"{what} {p}: folder")  # Path("x.json").parent is "."
     return p
 
 

@@ -275,9 +275,11 @@ def _search(cfg: SearchConfig, prepared: Any = None) -> SearchResult:
     pruner = ParetoPruner(margin=cfg.prune_margin or 0.0, enabled=cfg.prune_margin is not None,
                           warmup_steps=cfg.proxy.steps // 2)
 
-    def write_trials(st) -> None:  # after every trial: a killed search still shows its progress
+    def write_trials(st) -> pd.DataFrame:  # after every trial: a killed search still shows its progress
+        frame = trials_frame(st)
         with atomic_path(out / "trials.csv") as tmp:
-            trials_frame(st).to_csv(tmp, index=False)
+            frame.to_csv(tmp, index=False)
+        return frame
     t0 = time.perf_counter()
     ray_run = None
     if cfg.backend == "ray":
@@ -299,8 +301,7 @@ def _search(cfg: SearchConfig, prepared: Any = None) -> SearchResult:
     trials_s = time.perf_counter() - t0
 
     # 5. results
-    write_trials(study)
-    df = trials_frame(study)
+    df = write_trials(study)
     done = df[df["state"] == "complete"].reset_index(drop=True)
     front = done[pareto_mask(done)] if not done.empty else done
     with atomic_path(out / "pareto.csv") as tmp:
