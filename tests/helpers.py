@@ -70,6 +70,20 @@ def finished_trials(db) -> list[tuple[int, str]]:
         return []
 
 
+def running_trials(db) -> list[int]:
+    """Numbers of the trials a search's SQLite study lists as running; [] while it is not written."""
+    import sqlite3
+    from pathlib import Path
+
+    if not Path(db).is_file():
+        return []
+    try:
+        with sqlite3.connect(db) as con:
+            return [n for (n,) in con.execute("SELECT number FROM trials WHERE state = 'RUNNING'").fetchall()]
+    except sqlite3.OperationalError:
+        return []
+
+
 def kill_when_finished(cmd: list[str], db, n: int, *, cwd, env, timeout: float = 240) -> list[tuple[int, str]]:
     """Start a search (``cmd``), SIGKILL it once its study ``db`` holds ``n`` finished trials (or at ``timeout``),
     and return the finished trials it left."""

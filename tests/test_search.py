@@ -19,7 +19,7 @@ from autoselect.plan import load_plan
 from autoselect.search.latency import LatencyModel
 from autoselect.search.objective import ProxyBudget, Pruned, TrialEvaluator
 
-from .helpers import finished_trials, kill_when_finished, tiny_net
+from .helpers import finished_trials, kill_when_finished, running_trials, tiny_net
 
 TINY = ["--model", "tests.helpers:tiny_net", "--quiet"]
 SMALL = [*TINY, "--data", "digits", "--baseline-epochs", "8", "--proxy-steps", "6", "--proxy-batch", "32",
@@ -168,14 +168,19 @@ def test_ctrl_c_is_one_line_and_resume_reruns_the_interrupted_trial(tmp_path, se
     out = tmp_path / "interrupted"
     args = [*SMALL, "--out", str(out), "--target", "generic-pt", "--weight-bits", "4", "--no-prune",
             "--weights", str(searched / "fp32.pt"), "--proxy-steps", "40"]
-    cmd = [sys.executable, "-m", "autoselect", "search", *args, "--trials", "40"]
+    # many more trials than can finish in the test: a search that ends by itself (plans the space repeats are
+    # answered from the cache at once) must not make the interrupt miss
+    cmd = [sys.executable, "-m", "autoselect", "search", *args, "--trials", "400"]
     proc = subprocess.Popen(cmd, cwd=ROOT, env=dict(os.environ, PYTHONPATH=str(ROOT)), stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 240
     try:
         while len(finished_trials(out / "study.db")) < 3 and time.time() < deadline and proc.poll() is None:
             time.sleep(0.2)
+        while not running_trials(out / "study.db") and time.time() < deadline and proc.poll() is None:
+            time.sleep(0.05)
         time.sleep(0.5)  # inside the next trial
+        assert proc.poll() is None, "the search ended before it could be interrupted"
         shown = pd.read_csv(out / "trials.csv")  # written as trials finish, not only at the end
         proc.send_signal(signal.SIGINT)
         _, stderr = proc.communicate(timeout=120)
