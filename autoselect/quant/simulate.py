@@ -62,6 +62,7 @@ def quantize_model(
         ql.followed_by = graph[path].activation  # what a reconstruction method applies after the layer
         set_submodule(qmodel, path, ql)
     fold_smoothing(qmodel, graph, resolved)
+    qmodel.autoselect_graph = graph  # type: ignore[assignment]  # for the methods that work on pairs of layers
     if integer_graph:
         for info in graph:
             spec = resolved[info.path]
@@ -177,7 +178,11 @@ def calibrate(model: nn.Module, data: Iterable, *, device: torch.device | str = 
               progress: bool = False) -> int:
     """Run ``data`` through ``model`` observing activations, then fix activation scales, then apply the
     post-training methods the layers' specs ask for (:mod:`autoselect.quant.methods`; their seconds are in
-    ``model.autoselect_method_seconds``). ``data`` must be re-iterable when a method runs. Returns images seen."""
+    ``model.autoselect_method_seconds``). The ``transform`` methods (equalization) run first, on the float model.
+    ``data`` must be re-iterable when a method runs. Returns images seen."""
+    from autoselect.quant.methods import run_methods, run_transforms
+
+    transform_seconds = run_transforms(model, data, device=device, progress=progress)
     set_mode(model, "observe")
     seen = 0
     for batch in tqdm(data, desc="calibrate", disable=not progress, leave=False):
@@ -189,8 +194,7 @@ def calibrate(model: nn.Module, data: Iterable, *, device: torch.device | str = 
     for layer in quant_layers(model).values():
         layer.finish_calibration()
     set_mode(model, "quant")
-    from autoselect.quant.methods import run_methods
-
+    model.autoselect_method_seconds = dict(transform_seconds)  # type: ignore[assignment]
     run_methods(model, data, device=device, progress=progress)
     return seen
 

@@ -69,6 +69,8 @@ class QuantSpec:
     # mean shift of the output that quantization causes is corrected in the bias
     rounding: str = "nearest"
     bias_correction: bool = False
+    # cross-layer equalization with the layer feeding this one (a transform of both layers' float weights)
+    equalize: bool = False
 
     def __post_init__(self) -> None:
         for t in (self.act, self.output):
@@ -81,7 +83,7 @@ class QuantSpec:
         w = self.weight.describe() if self.weight else "fp32"
         a = self.act.describe() if self.act else "fp32"
         out = f" O[{self.output.describe()}]" if self.output else ""
-        extra = "".join([" smoothed" if self.smooth else "",
+        extra = "".join([" smoothed" if self.smooth else "", " equalized" if self.equalize else "",
                          f" {self.rounding}" if self.rounding != "nearest" and self.weight else "",
                          " bias-corrected" if self.bias_correction else ""])
         return f"W[{w}] A[{a}]{out}{extra}"

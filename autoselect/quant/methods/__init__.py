@@ -8,10 +8,12 @@ knowing the method:
 - a **rounding** method chooses each weight's integer and calls ``QuantLayer.fix_weight`` (the float weight then
   lies on that grid and its qparams are fixed; the exported integer weights are those);
 - a **correction** sets ``QuantLayer.bias_delta``, which the quantized layer adds to its bias and the export folds
-  into the bias.
+  into the bias;
+- a **transform** runs *before* calibration, on the float (BN-folded) model, and changes only what the export
+  traces anyway (weights, biases, activation modules): cross-layer equalization.
 
-Registered here: ``adaround`` (rounding, :mod:`.adaround`), ``bias_correction`` (correction,
-:mod:`.bias_correction`); ``nearest`` is plain rounding (no method). A new method is one new module that calls
+Registered here: ``equalize`` (transform, :mod:`.equalization`), ``adaround`` (rounding, :mod:`.adaround`),
+``bias_correction`` (correction, :mod:`.bias_correction`); ``nearest`` is plain rounding (no method). A new method is one new module that calls
 :func:`register_method` and is imported below.
 """
 
@@ -26,10 +28,12 @@ import torch
 import torch.nn as nn
 
 from autoselect.errors import AutoselectError
+from autoselect.models.graph import LayerGraph
 from autoselect.quant.layer import QuantLayer
 from autoselect.quant.spec import QuantSpec
 
-__all__ = ["MethodContext", "METHODS", "ROUNDINGS", "check_methods", "register_method", "run_methods"]
+__all__ = ["MethodContext", "METHODS", "ROUNDINGS", "check_methods", "defaults", "register_method", "run_methods",
+           "run_transforms"]
 
 
 @dataclass
@@ -44,6 +48,7 @@ class MethodContext:
     data: Iterable
     device: torch.device
     progress: bool = False
+    graph: LayerGraph | None = None  # the model's layer graph (``quantize_model`` keeps it on the model)
 
     def layer(self, path: str) -> QuantLayer:
         ql = self.model.get_submodule(path)
@@ -59,12 +64,13 @@ class MethodContext:
 @dataclass(frozen=True)
 class Method:
     name: str
-    kind: str  # "rounding" | "correction"
-    order: int  # methods run by increasing order: rounding (10) before corrections (20)
+    kind: str  # "transform" | "rounding" | "correction"
+    order: int  # methods run by increasing order: transforms (0), rounding (10), corrections (20)
     selects: Callable[[QuantSpec], bool]
     run: Callable[[MethodContext], None]
 
 
+KINDS = ("transform", "rounding", "correction")
 METHODS: dict[str, Method] = {}
 ROUNDINGS = ["nearest"]  # rounding names a spec may ask for; "nearest" is no method
 
@@ -73,8 +79,8 @@ def register_method(name: str, *, kind: str, order: int,
                     selects: Callable[[QuantSpec], bool]) -> Callable[[Callable[[MethodContext], None]],
                                                                       Callable[[MethodContext], None]]:
     """Decorator: ``run(ctx)`` becomes the method ``name``, applied to every layer whose spec ``selects`` it."""
-    if kind not in ("rounding", "correction"):
-        raise ValueError(f"method kind must be 'rounding' or 'correction', got {kind!r}")
+    if kind not in KINDS:
+        raise ValueError(f"method kind must be one of {KINDS}, got {kind!r}")
 
     def deco(fn: Callable[[MethodContext], None]) -> Callable[[MethodContext], None]:
         if name in METHODS:
@@ -87,16 +93,52 @@ def register_method(name: str, *, kind: str, order: int,
     return deco
 
 
+def defaults(spec: QuantSpec) -> dict[str, object]:
+    """The post-training methods a layer gets when its plan action names none: the strongest treatment measured
+    on the reference checkpoint for its weight granularity (experiments/RESULTS.md, issue 13). Frozen and retrained
+    layers get the same, so that QAT starts from the best post-training state (and both quantize alike before
+    training). Cross-layer equalization only for per-tensor weights (per-channel scales already fit each channel)
+    and never with smoothing, which rescales the same channels."""
+    if spec.weight is None:
+        return {"rounding": "nearest", "bias_correction": False, "equalize": False}
+    return {"rounding": DEFAULT_ROUNDING if spec.weight.bits < 8 else "nearest", "bias_correction": True,
+            "equalize": not spec.weight.per_channel and not spec.smooth}
+
+
+# below 8 bits (at 8 bits rounding to nearest already matched FP32 with equalization and bias correction, and
+# AdaRound costs minutes)
+DEFAULT_ROUNDING = "adaround"
+
+
 def check_methods(spec: QuantSpec, where: str = "") -> None:
     """Refuse a spec that names a rounding method nobody registered."""
     if spec.rounding not in ROUNDINGS:
         raise AutoselectError(f"{where}unknown rounding {spec.rounding!r}; choose one of {', '.join(ROUNDINGS)}")
 
 
+def run_transforms(model: nn.Module, data: Iterable, *, device: torch.device | str = "cpu",
+                   progress: bool = False) -> dict[str, float]:
+    """Apply the ``transform`` methods (before calibration; once per model); returns seconds per method."""
+    if getattr(model, "autoselect_transformed", False):
+        return {}
+    seconds = _run(model, data, ("transform",), device, progress, reference=False)
+    model.autoselect_transformed = True  # type: ignore[assignment]
+    return seconds
+
+
 def run_methods(model: nn.Module, data: Iterable, *, device: torch.device | str = "cpu",
                 progress: bool = False) -> dict[str, float]:
-    """Apply every registered method to the layers whose spec asks for it; returns seconds per method run (also
-    kept as ``model.autoselect_method_seconds``). ``model`` must be calibrated and is left in quant mode."""
+    """Apply every registered rounding and correction method to the layers whose spec asks for it; returns seconds
+    per method run (kept, with the transforms', in ``model.autoselect_method_seconds``). ``model`` must be
+    calibrated and is left in quant mode."""
+    seconds = _run(model, data, ("rounding", "correction"), device, progress, reference=True)
+    model.autoselect_method_seconds = {**getattr(model, "autoselect_method_seconds", {}),  # type: ignore[assignment]
+                                       **seconds}
+    return seconds
+
+
+def _run(model: nn.Module, data: Iterable, kinds: tuple[str, ...], device: torch.device | str, progress: bool, *,
+         reference: bool) -> dict[str, float]:
     from autoselect.quant.simulate import quant_layers, set_mode
 
     layers = {p: ql for p, ql in quant_layers(model).items() if ql.spec is not None}
@@ -104,23 +146,25 @@ def run_methods(model: nn.Module, data: Iterable, *, device: torch.device | str 
         assert ql.spec is not None
         check_methods(ql.spec, f"layer {path}: ")
     todo = [(m, [p for p, ql in layers.items() if ql.spec is not None and m.selects(ql.spec)])
-            for m in sorted(METHODS.values(), key=lambda m: m.order)]
+            for m in sorted(METHODS.values(), key=lambda m: m.order) if m.kind in kinds]
     todo = [(m, paths) for m, paths in todo if paths]
     seconds: dict[str, float] = {}
+    mode = "quant" if reference else "fp32"
     if todo:
-        reference = copy.deepcopy(model)
-        set_mode(reference, "fp32")
+        ref = copy.deepcopy(model) if reference else model
+        set_mode(ref, "fp32")
         for method, paths in todo:
             t0 = time.perf_counter()
-            set_mode(model, "quant")
-            method.run(MethodContext(model=model, reference=reference, paths=paths, data=data,
-                                     device=torch.device(device), progress=progress))
+            set_mode(model, mode)
+            method.run(MethodContext(model=model, reference=ref, paths=paths, data=data,
+                                     device=torch.device(device), progress=progress,
+                                     graph=getattr(model, "autoselect_graph", None)))
             seconds[method.name] = time.perf_counter() - t0
-    set_mode(model, "quant")
-    model.autoselect_method_seconds = seconds  # type: ignore[assignment]
+    set_mode(model, mode)
     return seconds
 
 
 # the registered methods (imported for their registration)
+from autoselect.quant.methods import equalization as _equalization  # noqa: E402,F401
 from autoselect.quant.methods import adaround as _adaround  # noqa: E402,F401
 from autoselect.quant.methods import bias_correction as _bias_correction  # noqa: E402,F401
