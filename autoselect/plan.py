@@ -13,6 +13,12 @@ retrained) or ``fp32`` (left in floating point), with modifiers: ``act`` (``"sym
 target's) and ``smooth`` (seed 003: per-channel weight magnitudes moved into the activation, for per-tensor targets).
 ``"qat_sym"`` and ``"qat_asym"`` are shorthands for ``{"action": "qat", "act": ...}``.
 
+Post-training methods (:mod:`autoselect.quant.methods`), per layer: ``rounding`` (``"nearest"`` or a registered
+rounding method such as ``"adaround"``), ``bias_correction`` (true/false) and ``equalize`` (cross-layer equalization
+with the layer feeding this one). Left out, each takes its default for the action and the target
+(:func:`autoselect.quant.methods.defaults`): a plan that says only ``"freeze"`` gets the strongest post-training
+treatment measured for its target.
+
 This module is pure data: it imports neither torch nor the models.
 """
 
@@ -42,6 +48,10 @@ class LayerAction:
     act: str | None = None  # "sym" | "asym" | None (the target's)
     weight_bits: int | None = None
     smooth: bool = False
+    # post-training methods; None: the default for the action and target (autoselect.quant.methods.defaults)
+    rounding: str | None = None
+    bias_correction: bool | None = None
+    equalize: bool | None = None
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
@@ -50,8 +60,19 @@ class LayerAction:
             raise AutoselectError(f"act must be 'sym' or 'asym', got {self.act!r}")
         if self.weight_bits is not None and not (isinstance(self.weight_bits, int) and 2 <= self.weight_bits <= 8):
             raise AutoselectError(f"weight_bits must be an integer from 2 to 8, got {self.weight_bits!r}")
-        if self.kind == "fp32" and (self.act or self.weight_bits or self.smooth):
-            raise AutoselectError("an fp32 action takes no act, weight_bits or smooth")
+        if self.kind == "fp32" and (self.act or self.weight_bits or self.smooth or self.rounding is not None
+                                    or self.bias_correction is not None or self.equalize is not None):
+            raise AutoselectError("an fp32 action takes no act, weight_bits, smooth or post-training method")
+        if self.rounding is not None and not (isinstance(self.rounding, str) and re.fullmatch(r"[a-z0-9_]+",
+                                                                                             self.rounding)):
+            raise AutoselectError(f"rounding must be a method name such as 'nearest' or 'adaround', "
+                                  f"got {self.rounding!r}"[:300])
+        for name in ("bias_correction", "equalize"):
+            val = getattr(self, name)
+            if val is not None and not isinstance(val, bool):
+                raise AutoselectError(f"'{name}' must be true or false, got {val!r}"[:300])
+        if self.smooth and self.equalize:
+            raise AutoselectError("a smoothed layer cannot also be equalized (both rescale its input channels)")
 
     @property
     def trainable(self) -> bool:
@@ -65,6 +86,9 @@ class LayerAction:
             out["weight_bits"] = self.weight_bits
         if self.smooth:
             out["smooth"] = True
+        for name in ("rounding", "bias_correction", "equalize"):
+            if getattr(self, name) is not None:
+                out[name] = getattr(self, name)
         return out
 
     @classmethod
@@ -73,7 +97,7 @@ class LayerAction:
             obj = {"action": obj}
         if not isinstance(obj, dict):
             raise AutoselectError(f"{where}: an action must be a string or an object, got {type(obj).__name__}")
-        unknown = set(obj) - {"action", "act", "weight_bits", "smooth"}
+        unknown = set(obj) - {"action", "act", "weight_bits", "smooth", "rounding", "bias_correction", "equalize"}
         if unknown:
             raise AutoselectError(f"{where}: unknown field(s) {', '.join(sorted(map(str, unknown)))}")
         kind = obj.get("action", "freeze")
@@ -89,7 +113,9 @@ class LayerAction:
                 raise AutoselectError(f"{where}: {obj['action']} contradicts act={act!r}")
             act = implied
         try:
-            return cls(kind=kind, act=act, weight_bits=obj.get("weight_bits"), smooth=smooth)
+            return cls(kind=kind, act=act, weight_bits=obj.get("weight_bits"), smooth=smooth,
+                       rounding=obj.get("rounding"), bias_correction=obj.get("bias_correction"),
+                       equalize=obj.get("equalize"))
         except AutoselectError as exc:
             raise AutoselectError(f"{where}: {exc}") from None
 

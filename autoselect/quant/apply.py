@@ -17,11 +17,13 @@ import torch.nn as nn
 from autoselect.errors import AutoselectError
 from autoselect.models.graph import LayerGraph, build_layer_graph
 from autoselect.plan import LayerAction, Plan
+from autoselect.quant.methods import check_methods
+from autoselect.quant.methods import defaults as method_defaults
 from autoselect.quant.simulate import calibrate, quant_layers, quantize_model
 from autoselect.quant.spec import QuantSpec
 from autoselect.quant.targets import Target, get_target
 
-__all__ = ["apply_plan", "plan_specs", "quantized_size_bytes", "retrained_fraction", "trainable_layers"]
+__all__ = ["apply_plan", "calibrated_model", "finish_plan", "plan_specs", "quantized_size_bytes", "retrained_fraction", "trainable_layers"]
 
 
 def _check(path: str, action: LayerAction, target: Target) -> None:
@@ -45,7 +47,12 @@ def _spec(action: LayerAction, target: Target, observers: dict[str, str]) -> Qua
                        act_observer=observers.get("act", "minmax"))
     if action.act is not None and spec.act is not None:
         spec = replace(spec, act=replace(spec.act, symmetric=action.act == "sym"))
-    return replace(spec, smooth=action.smooth)
+    spec = replace(spec, smooth=action.smooth)
+    chosen = {"rounding": action.rounding, "bias_correction": action.bias_correction, "equalize": action.equalize}
+    methods = {**method_defaults(spec), **{k: v for k, v in chosen.items() if v is not None}}
+    spec = replace(spec, **methods)  # type: ignore[arg-type]
+    check_methods(spec)
+    return spec
 
 
 def plan_specs(plan: Plan, graph: LayerGraph) -> tuple[dict[str, QuantSpec | None], dict[str, LayerAction | None]]:
@@ -61,7 +68,10 @@ def plan_specs(plan: Plan, graph: LayerGraph) -> tuple[dict[str, QuantSpec | Non
         _check(path, action, target)
         if action.smooth and graph[path].kind == "conv" and 1 < graph[path].groups != graph[path].in_channels:
             raise AutoselectError(f"layer {path}: smoothing supports depthwise and ungrouped layers only")
-        specs[path] = _spec(action, target, plan.observers)
+        try:
+            specs[path] = _spec(action, target, plan.observers)
+        except AutoselectError as exc:
+            raise AutoselectError(f"layer {path}: {exc}") from None
     return specs, actions
 
 
@@ -84,16 +94,30 @@ def apply_plan(
         input_shape = (1, 3, plan.model.input_size, plan.model.input_size)
     graph = graph or build_layer_graph(model, input_shape or (1, 3, 32, 32))
     specs, actions = plan_specs(plan, graph)
-    deployable = get_target(plan.target).runs_here
-    qmodel = quantize_model(model.to(device), specs, graph=graph, integer_graph=deployable)
+    qmodel = calibrated_model(model, specs, graph, calibration, target=plan.target, device=device,
+                              progress=progress)
+    return finish_plan(qmodel, plan, actions, graph)
+
+
+def calibrated_model(model: nn.Module, specs: dict[str, QuantSpec | None], graph: LayerGraph, calibration: Iterable,
+                     *, target: str, device: torch.device | str = "cpu", progress: bool = False) -> nn.Module:
+    """The quantized, calibrated copy of ``model`` for resolved ``specs`` (post-training methods applied), every
+    parameter frozen: the part of :func:`apply_plan` that depends only on how layers are quantized, not on which
+    are retrained (so that a search can reuse it across plans)."""
+    qmodel = quantize_model(model.to(device), specs, graph=graph, integer_graph=get_target(target).runs_here)
     for p in qmodel.parameters():
         p.requires_grad_(False)
+    calibrate(qmodel, calibration, device=device, progress=progress)
+    return qmodel
+
+
+def finish_plan(qmodel: nn.Module, plan: Plan, actions: dict[str, LayerAction | None], graph: LayerGraph) -> nn.Module:
+    """Make the plan's ``qat`` layers trainable in a :func:`calibrated_model` and record the plan on it."""
     for path, layer in quant_layers(qmodel).items():
         action = actions[path]
         if action is not None and action.trainable:
             for p in layer.layer.parameters():
                 p.requires_grad_(True)
-    calibrate(qmodel, calibration, device=device, progress=progress)
     qmodel.autoselect_plan = plan  # type: ignore[assignment]
     qmodel.autoselect_total_params = graph.total_params  # type: ignore[assignment]
     return qmodel

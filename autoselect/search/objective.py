@@ -21,11 +21,13 @@ from autoselect.errors import AutoselectError
 from autoselect.evaluate import accuracy
 from autoselect.models.graph import LayerGraph
 from autoselect.plan import Plan
-from autoselect.quant.apply import apply_plan, plan_specs, retrained_fraction
+from autoselect.quant.apply import calibrated_model, finish_plan, plan_specs, retrained_fraction
 from autoselect.search.latency import LatencyModel
 from autoselect.train.qat import QATConfig, train_qat
 
-__all__ = ["Outcome", "ProxyBudget", "Pruned", "TrialEvaluator", "measure_export_latency"]
+__all__ = ["CALIBRATED_CACHE", "Outcome", "ProxyBudget", "Pruned", "TrialEvaluator", "measure_export_latency"]
+
+CALIBRATED_CACHE = 8  # calibrated models kept per evaluator (one per quantization configuration, least recent out)
 
 
 class Pruned(Exception):
@@ -84,13 +86,24 @@ class TrialEvaluator:
         # alike from the same calibration images, so plans that differ only in what they retrain share it
         # (``ptq_cache`` passes one evaluator's cache to another: the Ray backend's trials start from the driver's)
         self._ptq_top1: dict[str, float] = dict(ptq_cache or {})
+        self._calibrated: dict[str, nn.Module] = {}
 
     def val_top1(self, model: nn.Module) -> float:
         return accuracy(model, self.val.batches(256, device=self.device), device=self.device)
 
     def apply(self, plan: Plan) -> nn.Module:
-        return apply_plan(copy.deepcopy(self.model), plan, self.calib.batches(128, device=self.device),
-                          graph=self.graph, device=self.device)
+        """``apply_plan`` of ``plan``; the calibrated model (post-training methods included: AdaRound takes
+        minutes) is computed once per quantization configuration and copied for each plan that shares it."""
+        specs, actions = plan_specs(plan, self.graph)
+        key = repr(sorted(specs.items()))
+        base = self._calibrated.pop(key, None)
+        if base is None:
+            base = calibrated_model(self.model, specs, self.graph, self.calib.batches(128, device=self.device),
+                                    target=plan.target, device=self.device)
+        self._calibrated[key] = base  # most recently used last
+        while len(self._calibrated) > CALIBRATED_CACHE:
+            self._calibrated.pop(next(iter(self._calibrated)))
+        return finish_plan(copy.deepcopy(base), plan, actions, self.graph)
 
     @property
     def ptq_cache(self) -> dict[str, float]:
