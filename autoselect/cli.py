@@ -88,6 +88,8 @@ def _parser() -> argparse.ArgumentParser:
     _common(p)
     _quant_options(p)
     p.add_argument("--eval-images", type=POS, help="evaluate on a random subset of the test split")
+    p.add_argument("--plain-only", action="store_true",
+                   help="only plain PTQ (round to nearest, no bias correction or equalization): the fast rows")
     p.add_argument("--json", help="also write the results to this JSON file")
 
     p = sub.add_parser("profile", help="rank layers and blocks by quantization sensitivity")
@@ -231,25 +233,35 @@ def _cmd_baseline(args: argparse.Namespace) -> int:
 
 
 def _cmd_ptq(args: argparse.Namespace) -> int:
-    from autoselect.ptq import evaluate_ptq
+    from autoselect.ptq import ptq_table, with_methods
     from autoselect.quant.targets import get_target
 
     device = _device(args)
-    schemes = {"per_tensor": _spec(args, per_channel=False), "per_channel": _spec(args, per_channel=True)}
+    plain = {"per_tensor": _spec(args, per_channel=False), "per_channel": _spec(args, per_channel=True)}
+    schemes = dict(plain)
+    if not args.plain_only:  # what a plan's "freeze" gets: the default post-training methods
+        schemes.update({f"{name}+methods": with_methods(spec) for name, spec in plain.items()})
     if args.json:
         check_output_file(args.json, "--json")
     prep = _prepare(args, train_images=args.calib_images, test_images=args.eval_images)
     assert prep.train is not None and prep.test is not None
-    res = evaluate_ptq(prep.loaded.model, prep.train.batches(args.batch_size, device=device),
-                       prep.test.batches(args.batch_size, device=device), schemes, device=device,
-                       progress=not args.quiet, integer_graph=get_target(args.target).runs_here)
+    rows = ptq_table(prep.loaded.model, prep.train.batches(args.batch_size, device=device),
+                     prep.test.batches(args.batch_size, device=device), schemes, device=device,
+                     progress=not args.quiet, integer_graph=get_target(args.target).runs_here)
     print(f"{args.model} on {len(prep.test)} {args.data} test images; calibration: {len(prep.train)} train images")
-    for name, spec in [("fp32", None), *schemes.items()]:
-        label = "FP32" if spec is None else f"{name.replace('_', '-')}: {spec.describe()}"
-        print(f"  top-1 {res[name]:6.2f}%  {label}")
+    for row in rows:
+        spec = schemes.get(row.name)
+        label = "FP32" if spec is None else f"{row.name.replace('_', '-')}: {spec.describe()}"
+        cost = "" if spec is None else f"  [{row.seconds:.1f} s" + "".join(
+            f", {m} {s:.1f} s" for m, s in row.method_seconds.items()) + "]"
+        print(f"  top-1 {row.top1:6.2f}%  {label}{cost}")
     if args.json:
         with atomic_path(args.json) as tmp:
-            tmp.write_text(json.dumps({"model": args.model, "target": args.target, "top1": res}, indent=2) + "\n")
+            tmp.write_text(json.dumps({"model": args.model, "target": args.target,
+                                       "top1": {r.name: r.top1 for r in rows},
+                                       "seconds": {r.name: r.seconds for r in rows[1:]},
+                                       "method_seconds": {r.name: r.method_seconds for r in rows[1:]}},
+                                      indent=2) + "\n")
     return 0
 
 

@@ -1,21 +1,40 @@
-"""Post-training quantization accuracy: FP32 vs simulated INT8 schemes on the same data."""
+"""Post-training quantization accuracy: FP32 vs simulated INT8 schemes on the same data, with the cost of each."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field, replace
 
 import torch
 import torch.nn as nn
 
 from autoselect.evaluate import accuracy
 from autoselect.models.graph import LayerGraph
+from autoselect.quant.methods import defaults as method_defaults
 from autoselect.quant.simulate import calibrate, quantize_model
 from autoselect.quant.spec import QuantSpec
 
-__all__ = ["evaluate_ptq"]
+__all__ = ["PTQRow", "evaluate_ptq", "ptq_table", "with_methods"]
 
 
-def evaluate_ptq(
+@dataclass
+class PTQRow:
+    """One scheme's result: top-1 (%), seconds of calibration including the post-training methods, and the
+    seconds of each method (``equalize``, ``adaround``, ``bias_correction``...)."""
+
+    name: str
+    top1: float
+    seconds: float = 0.0
+    method_seconds: dict[str, float] = field(default_factory=dict)
+
+
+def with_methods(spec: QuantSpec) -> QuantSpec:
+    """``spec`` with the default post-training methods for its granularity (what a plain "freeze" gets)."""
+    return replace(spec, **method_defaults(spec))  # type: ignore[arg-type]
+
+
+def ptq_table(
     model: nn.Module,
     calibration: Iterable,
     evaluation: Iterable,
@@ -25,16 +44,31 @@ def evaluate_ptq(
     device: torch.device | str = "cpu",
     progress: bool = False,
     integer_graph: bool = False,
-) -> dict[str, float]:
-    """Top-1 (%) of the FP32 model and of each named PTQ scheme (BN folded, calibrated on ``calibration``).
+) -> list[PTQRow]:
+    """FP32 first, then each named PTQ scheme (BN folded, calibrated on ``calibration``, its post-training methods
+    applied), scored on ``evaluation``. ``calibration`` must be re-iterable when a scheme names a method.
 
     ``integer_graph`` simulates tensors shared by several ops as integer runtimes hold them (see
     :func:`autoselect.quant.quantize_model`); the CLI sets it for targets that run here, as ``apply_plan`` does.
     """
     model = model.to(device).eval()
-    results = {"fp32": accuracy(model, evaluation, device=device, progress=progress, desc="fp32")}
+    rows = [PTQRow("fp32", accuracy(model, evaluation, device=device, progress=progress, desc="fp32"))]
     for name, spec in schemes.items():
         qmodel = quantize_model(model, spec, graph=graph, integer_graph=integer_graph)
+        t0 = time.perf_counter()
         calibrate(qmodel, calibration, device=device, progress=progress)
-        results[name] = accuracy(qmodel, evaluation, device=device, progress=progress, desc=name)
-    return results
+        seconds = time.perf_counter() - t0
+        top1 = accuracy(qmodel, evaluation, device=device, progress=progress, desc=name)
+        rows.append(PTQRow(name, top1, seconds, dict(getattr(qmodel, "autoselect_method_seconds", {}))))
+    return rows
+
+
+def evaluate_ptq(
+    model: nn.Module,
+    calibration: Iterable,
+    evaluation: Iterable,
+    schemes: Mapping[str, QuantSpec | Mapping[str, QuantSpec | None]],
+    **kw,
+) -> dict[str, float]:
+    """Top-1 (%) of the FP32 model and of each named PTQ scheme (see :func:`ptq_table`, which also times them)."""
+    return {row.name: row.top1 for row in ptq_table(model, calibration, evaluation, schemes, **kw)}
