@@ -52,6 +52,11 @@ def test_baseline_then_ptq_then_profile(tmp_path, capsys):
                  "--json", str(tmp_path / "ptq.json")]) == 0
     out = capsys.readouterr().out
     assert "per-tensor" in out and "per-channel" in out and "FP32" in out
+    # next to plain PTQ, what a plan's "freeze" gets (8-bit: equalization for per-tensor, bias correction), timed
+    row = next(line for line in out.splitlines() if "per-tensor+methods" in line)
+    assert "equalized" in row and "bias-corrected" in row and "equalize " in row and "bias_correction " in row
+    saved_ptq = json.loads((tmp_path / "ptq.json").read_text())
+    assert set(saved_ptq["method_seconds"]["per_channel+methods"]) == {"bias_correction"}
     out_dir = tmp_path / "prof"
     assert main(["profile", *TINY, "--weights", str(ckpt), "--calib-images", "64", "--out", str(out_dir),
                  "--isolated", "--isolated-images", "32", "--rank-by", "iso_qkl", "--top", "3"]) == 0

@@ -51,3 +51,120 @@ def test_adaround_puts_weights_on_the_grid_and_reconstructs_better_than_nearest(
     torch.testing.assert_close(ints, ints.round(), atol=1e-4, rtol=0)
     assert ql.weight_scale_fixed is not None  # the export reads these qparams
     assert run_methods(q, batches) == {}  # nothing asked for by the specs: nothing runs
+
+
+def test_adaround_sampled_patches_give_the_layers_own_reconstruction_error(tiny, batches):
+    """With every output position kept, the patch form of the problem is the layer's convolution exactly."""
+    from autoselect.quant.methods import adaround as ada
+
+    q = quantize_model(tiny, get_target("generic").spec(weight_bits=3))
+    calibrate(q, batches)
+    gen = torch.Generator().manual_seed(0)
+    for path in ("stem.0", "blocks.1.conv.0", "blocks.1.conv.3", "head"):  # conv 3x3 stride 2, 1x1, depthwise, fc
+        ql = quant_layers(q)[path]
+        x = ql.quantize_input(layer_inputs(q, path, batches, torch.device("cpu")))
+        with torch.no_grad():
+            target = torch.relu(ql.layer(x)) + 0.1
+        problem = ada._Problem(ql, x, target, ada._patch_kind(ql.layer), gen)
+        assert problem.kind is not None and problem.rows == target.numel() // target.shape[1]
+        w = ql.quantized_weight()
+        with torch.no_grad():
+            full = float((problem.act(ql._run(x, w)) - target).pow(2).sum())
+        assert abs(problem.error(w) - full) <= 1e-4 * full, path
+
+
+def _skewed(tiny):
+    """``tiny`` with the first block's expand rows scaled by 1/k and the depthwise rows by k (so the next layer's
+    input is unchanged): the same function, with channel ranges no per-tensor scale fits."""
+    import copy
+
+    model = copy.deepcopy(tiny)
+    conv = model.blocks[0].conv
+    k = torch.logspace(-1.5, 1.5, conv[0].out_channels)
+    with torch.no_grad():
+        conv[1].weight.mul_(k)  # BN scale of the expand conv: its output channel c times k_c ...
+        conv[1].bias.mul_(k)
+        conv[3].weight.div_(k.view(-1, 1, 1, 1))  # ... undone by the depthwise conv that reads it
+    return model
+
+
+def test_equalization_keeps_the_float_function_and_fixes_per_tensor_ranges(tiny, batches):
+    x = torch.cat([b[0] for b in batches])
+    model = _skewed(tiny)
+    model.blocks[0].conv[2] = torch.nn.ReLU()  # a ReLU between the pair: CLE is exact
+    spec = get_target("generic-pt").spec(weight_bits=4)
+    plain = quantize_model(model, spec)
+    calibrate(plain, batches)
+    eq = quantize_model(model, replace(spec, equalize=True))
+    calibrate(eq, batches)
+    assert "equalize" in eq.autoselect_method_seconds
+    assert "blocks.0.conv.0 -> blocks.0.conv.3" in eq.autoselect_equalized
+    first, second = quant_layers(eq)["blocks.0.conv.0"].layer, quant_layers(eq)["blocks.0.conv.3"].layer
+    torch.testing.assert_close(first.weight.abs().flatten(1).amax(1), second.weight.abs().flatten(1).amax(1),
+                               rtol=1e-3, atol=1e-6)
+    set_mode(eq, "fp32")
+    with torch.no_grad():
+        torch.testing.assert_close(eq(x), model(x), rtol=1e-4, atol=1e-4)
+    set_mode(eq, "quant")
+
+    def block_err(q) -> float:  # the equalized pair's block (on random weights CLE elsewhere may help or not)
+        with torch.no_grad():
+            return float((q.blocks[0](q.stem(x)) - model.blocks[0](model.stem(x))).pow(2).mean())
+
+    assert block_err(eq) < 0.6 * block_err(plain)
+
+
+def test_equalization_turns_relu6_between_a_pair_into_relu_and_leaves_smoothed_layers_alone(tiny, batches):
+    eq = quantize_model(tiny, replace(get_target("generic-pt").spec(weight_bits=4), equalize=True))
+    calibrate(eq, batches)
+    assert isinstance(eq.blocks[0].conv[2], torch.nn.ReLU) and isinstance(eq.stem[2], torch.nn.ReLU6)  # stem: shortcut
+    assert quant_layers(eq)["blocks.0.conv.0"].followed_by == "ReLU"  # what AdaRound then reconstructs
+    both = quantize_model(tiny, replace(get_target("generic-pt").spec(weight_bits=4), equalize=True, smooth=True))
+    calibrate(both, batches)
+    assert both.autoselect_equalized == []
+
+
+def test_plan_method_fields_default_to_the_best_treatment_and_are_validated(tiny):
+    import pytest
+
+    from autoselect.errors import AutoselectError
+    from autoselect.models.graph import build_layer_graph
+    from autoselect.plan import LayerAction, Plan
+    from autoselect.quant.apply import plan_specs
+
+    graph = build_layer_graph(tiny, (1, 3, 32, 32))
+    specs, _ = plan_specs(Plan(layers={"_default": LayerAction(weight_bits=4)}, target="generic-pt"), graph)
+    assert all(s is not None and s.rounding == "adaround" and s.bias_correction and s.equalize
+               for s in specs.values())
+    specs, _ = plan_specs(Plan(layers={"_default": LayerAction(weight_bits=5)}, target="generic"), graph)
+    assert all(s is not None and s.rounding == "adaround" and not s.equalize for s in specs.values())
+    specs, _ = plan_specs(Plan(layers={"_default": LayerAction()}, target="x86"), graph)  # 8-bit: nearest
+    assert all(s is not None and s.rounding == "nearest" and s.bias_correction for s in specs.values())
+    asked = LayerAction.from_json({"action": "freeze", "rounding": "nearest", "bias_correction": False}, "x")
+    specs, _ = plan_specs(Plan(layers={"_default": asked}, target="generic-pt"), graph)
+    assert all(s is not None and s.rounding == "nearest" and not s.bias_correction and s.equalize
+               for s in specs.values())
+    assert LayerAction.from_json(asked.to_json(), "x") == asked
+    for bad in ({"rounding": 1}, {"bias_correction": "yes"}, {"equalize": 0}, {"action": "fp32", "rounding": "nearest"},
+                {"smooth": True, "equalize": True}):
+        with pytest.raises(AutoselectError):
+            LayerAction.from_json({"action": "freeze", **bad}, "layers[x]")
+    unknown = LayerAction.from_json({"action": "freeze", "rounding": "stochastic"}, "x")
+    with pytest.raises(AutoselectError, match="unknown rounding 'stochastic'"):
+        plan_specs(Plan(layers={"_default": unknown}, target="generic"), graph)
+
+
+def test_block_inputs_match_a_full_forward_pass_for_every_layer(tiny, batches):
+    from autoselect.quant.methods._capture import BlockInputs
+
+    q = quantize_model(tiny, get_target("generic-pt").spec(weight_bits=4), integer_graph=True)
+    calibrate(q, batches)
+    cpu = torch.device("cpu")
+    inputs = BlockInputs(q, batches, cpu)
+    chained = 0
+    for info in q.autoselect_graph:
+        before = inputs.block
+        got = inputs(info.block, info.path)
+        chained += before is not None and before != info.block
+        torch.testing.assert_close(got, layer_inputs(q, info.path, batches, cpu), rtol=1e-5, atol=1e-5)
+    assert chained >= 3  # stem -> blocks.0 -> blocks.1 -> blocks.2 -> head: the blocks were walked in order

@@ -16,6 +16,7 @@ import torch
 
 from autoselect.cli import main
 from autoselect.plan import load_plan
+from autoselect.quant.apply import retrained_fraction
 from autoselect.search.latency import LatencyModel
 from autoselect.search.objective import ProxyBudget, Pruned, TrialEvaluator
 
@@ -156,6 +157,23 @@ def test_evaluator_raises_pruned_when_report_says_so():
                                                      for grp in space.groups(graph.layers)}, target="generic")
     ptq = ev.evaluate(frozen)
     assert calls == [] and ptq.retrained == 0.0 and ptq.top1 == out.history[0][1] == out.ptq_top1
+    # ... and its calibration (post-training methods included) is not redone either: the calibrated model of that
+    # quantization configuration is copied, untouched by the QAT trial that used it before
+    from autoselect.search import objective
+
+    calibrations: list[int] = []
+    real = objective.calibrated_model
+    objective.calibrated_model = lambda *a, **k: calibrations.append(1) or real(*a, **k)  # type: ignore[assignment]
+    try:
+        again = ev.apply(frozen)
+        other = ev.apply(space.plan(space.groups(graph.layers), {f"{grp.name}.action": "freeze"
+                                                                 for grp in space.groups(graph.layers)},
+                                    target="generic-pt"))
+    finally:
+        objective.calibrated_model = real  # type: ignore[assignment]
+    assert calibrations == [1]  # only the per-tensor plan needed a calibration of its own
+    assert ev.val_top1(again) == ptq.top1 and retrained_fraction(again) == 0.0
+    assert other is not again
 
 
 @pytest.mark.slow
