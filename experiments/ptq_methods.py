@@ -28,7 +28,8 @@ def spec_for(regime: str, method: str, act_observer: str):
     parts = set(method.split("+"))
     spec = get_target(target).spec(weight_bits=bits, weight_observer="mse" if "mse" in parts else "minmax",
                                    act_observer=act_observer)
-    return replace(spec, rounding="adaround" if "ada" in parts else "nearest", bias_correction="bc" in parts)
+    return replace(spec, rounding="adaround" if "ada" in parts else "nearest", bias_correction="bc" in parts,
+                   equalize="cle" in parts)
 
 
 def main() -> None:

@@ -1,13 +1,16 @@
-"""autoselect rows for the peer benchmark: PLACEHOLDER, to be written by the autoselect engineers.
+"""autoselect rows for the peer benchmark, run with the python autoselect is installed in.
 
-Contract (what run.py expects, same as every peer_*.py):
-  * run with the system python (the one autoselect is installed in), from any directory;
-  * accept the shared options of common.peer_parser (--checkpoint, --data, --regimes, --pipelines, --calib-images,
-    --test-images, --calib-batch-size, --eval-batch-size, --threads, --out-dir, ...);
-  * use common.Context for the data (same calibration rule, same test subset) and common.evaluate for top-1;
-  * write one JSON per (pipeline, regime) with common.write_result (common.main does this for you).
+Pipelines:
+  * ``ptq``: plain PTQ (min-max weights, round to nearest, no correction): a plan whose layers all say
+    ``{"action": "freeze", "rounding": "nearest", "bias_correction": false, "equalize": false}``;
+  * ``freeze``: a plan that says only ``freeze`` for every layer, so each layer gets autoselect's default
+    post-training methods for the regime (autoselect.quant.methods.defaults: equalization for per-tensor weights,
+    AdaRound below 8 bits, bias correction).
 
-run.py marks the rows 'not run' while this file raises NotImplementedError.
+Same checkpoint, calibration images and test images as every peer (common.Context); BN folded before weight
+quantization, symmetric weights at the regime's bits and granularity, 8-bit asymmetric per-tensor activations
+(min-max), every conv/linear quantized with its input (the model input included). The timed part is
+``apply_plan`` (BN folding, calibration and the methods).
 """
 
 from __future__ import annotations
@@ -18,16 +21,31 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
 
-PIPELINES = ["autoselect"]
+PIPELINES = ["ptq", "freeze"]
 
 
 def run(ctx: common.Context, pipeline: str, regime: common.Regime) -> dict:
-    raise NotImplementedError("written by the autoselect engineers")
+    from autoselect.plan import LayerAction, Plan
+    from autoselect.quant import apply_plan
+    from autoselect.quant.simulate import quant_layers
+
+    if not regime.weight_symmetric or regime.act_symmetric or regime.act_bits != 8:
+        raise common.Skip("this runner maps only symmetric weights with 8-bit asymmetric activations")
+    target = "generic" if regime.per_channel else "generic-pt"
+    fields: dict = {"weight_bits": regime.weight_bits}
+    if pipeline == "ptq":
+        fields.update(rounding="nearest", bias_correction=False, equalize=False)
+    plan = Plan(layers={"_default": LayerAction(**fields)}, target=target)
+    model = ctx.fp32_model()
+    timer = common.Timer()
+    with timer:
+        qmodel = apply_plan(model, plan, ctx.calib_batches(128), input_shape=ctx.input_shape)
+    specs = {ql.spec.describe() for ql in quant_layers(qmodel).values() if ql.spec is not None}
+    return {"top1": ctx.evaluate(qmodel), "calib_seconds": timer.seconds,
+            "settings": f"autoselect plan target={target}; " + "; ".join(sorted(specs)),
+            "extra": {"method_seconds": {k: round(v, 2) for k, v in qmodel.autoselect_method_seconds.items()},
+                      "equalized_pairs": len(getattr(qmodel, "autoselect_equalized", []))}}
 
 
 if __name__ == "__main__":
-    args = common.peer_parser("autoselect", PIPELINES).parse_args()
-    if args.list:
-        print(" ".join(PIPELINES))
-        raise SystemExit(0)
-    raise NotImplementedError("written by the autoselect engineers")
+    common.main("autoselect", PIPELINES, run, tool="autoselect")
