@@ -133,7 +133,8 @@ class Plan:
     layers: dict[str, LayerAction]
     target: str = "generic"
     model: ModelRef | None = None
-    observers: dict[str, str] = field(default_factory=lambda: {"weight": "minmax", "act": "minmax"})
+    # range observers; a missing "weight" takes the default of the layer's methods (mse with AdaRound, else minmax)
+    observers: dict[str, str] = field(default_factory=lambda: {"act": "minmax"})
     objectives: dict[str, float] = field(default_factory=dict)
     provenance: dict[str, Any] = field(default_factory=dict)
     version: int = PLAN_VERSION
@@ -213,7 +214,7 @@ def _parse(obj: Any, source: str) -> Plan:
         raise AutoselectError(f"plan {source}: 'layers' must be a non-empty object")
     actions = {str(k): LayerAction.from_json(v, f"plan {source}, layer {k!r}") for k, v in layers.items()}
     ref = _model_ref(obj.get("model"), source)
-    observers = _mapping(obj, "observers", source) or {"weight": "minmax", "act": "minmax"}
+    observers = _mapping(obj, "observers", source) or {"act": "minmax"}
     for key, val in observers.items():
         if key not in ("weight", "act") or not isinstance(val, str) or val not in ("minmax", "mse", "percentile"):
             raise AutoselectError(f"plan {source}: bad observer {key}={val!r}"[:300])

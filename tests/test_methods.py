@@ -135,7 +135,10 @@ def test_plan_method_fields_default_to_the_best_treatment_and_are_validated(tiny
     graph = build_layer_graph(tiny, (1, 3, 32, 32))
     specs, _ = plan_specs(Plan(layers={"_default": LayerAction(weight_bits=4)}, target="generic-pt"), graph)
     assert all(s is not None and s.rounding == "adaround" and s.bias_correction and s.equalize
-               for s in specs.values())
+               and s.weight is not None and s.weight.observer == "mse" for s in specs.values())
+    explicit = Plan(layers={"_default": LayerAction(weight_bits=4)}, target="generic-pt", observers={"weight": "minmax"})
+    specs, _ = plan_specs(explicit, graph)  # a plan that names the observer keeps it
+    assert all(s is not None and s.weight is not None and s.weight.observer == "minmax" for s in specs.values())
     specs, _ = plan_specs(Plan(layers={"_default": LayerAction(weight_bits=5)}, target="generic"), graph)
     assert all(s is not None and s.rounding == "adaround" and not s.equalize for s in specs.values())
     specs, _ = plan_specs(Plan(layers={"_default": LayerAction()}, target="x86"), graph)  # 8-bit: nearest

@@ -17,7 +17,7 @@ import torch.nn as nn
 from autoselect.errors import AutoselectError
 from autoselect.models.graph import LayerGraph, build_layer_graph
 from autoselect.plan import LayerAction, Plan
-from autoselect.quant.methods import check_methods
+from autoselect.quant.methods import check_methods, default_weight_observer
 from autoselect.quant.methods import defaults as method_defaults
 from autoselect.quant.simulate import calibrate, quant_layers, quantize_model
 from autoselect.quant.spec import QuantSpec
@@ -43,7 +43,7 @@ def _check(path: str, action: LayerAction, target: Target) -> None:
 def _spec(action: LayerAction, target: Target, observers: dict[str, str]) -> QuantSpec | None:
     if action.kind == "fp32":
         return None
-    spec = target.spec(weight_bits=action.weight_bits, weight_observer=observers.get("weight", "minmax"),
+    spec = target.spec(weight_bits=action.weight_bits, weight_observer=observers.get("weight") or "minmax",
                        act_observer=observers.get("act", "minmax"))
     if action.act is not None and spec.act is not None:
         spec = replace(spec, act=replace(spec.act, symmetric=action.act == "sym"))
@@ -52,6 +52,8 @@ def _spec(action: LayerAction, target: Target, observers: dict[str, str]) -> Qua
     methods = {**method_defaults(spec), **{k: v for k, v in chosen.items() if v is not None}}
     spec = replace(spec, **methods)  # type: ignore[arg-type]
     check_methods(spec)
+    if "weight" not in observers and spec.weight is not None:
+        spec = replace(spec, weight=replace(spec.weight, observer=default_weight_observer(spec)))
     return spec
 
 
