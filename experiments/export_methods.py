@@ -35,8 +35,15 @@ def main() -> None:
     ap = reference_parser(__doc__, "export_methods.json")
     ap.add_argument("--test-images", type=int, default=None, help="default: all 10,000")
     ap.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    ap.add_argument("--adaround-iterations", type=int, default=None,
+                    help="steps per layer (default: the library's); the export check needs the fixed integer "
+                         "weights, not their best values")
     args = ap.parse_args()
     apply_threads(args)
+    if args.adaround_iterations:
+        from autoselect.quant.methods import adaround
+
+        adaround.ITERATIONS = args.adaround_iterations
     lm = load_model("mobilenet_v2", weights=args.weights)
     calib = load_images(args.data, split="train", limit=1024, seed=0).with_normalize(lm.normalize)
     test = load_images(args.data, split="test", limit=args.test_images, seed=0).with_normalize(lm.normalize)
@@ -60,6 +67,7 @@ def main() -> None:
         print(f"{name:40s} sim {row['sim_top1']:6.2f}%  int8 {row['int8_top1']:6.2f}%  "
               f"agree {row['agree']:6.2f}%  calibration {secs:6.1f} s", flush=True)
     save_result(args.out, {"date": str(date.today()), "target": "x86", "test_images": len(labels),
+                           "adaround_iterations": args.adaround_iterations,
                            "calib_images": len(calib), "rows": rows})
 
 

@@ -26,7 +26,7 @@ PIPELINES = ["ptq", "freeze"]
 
 def run(ctx: common.Context, pipeline: str, regime: common.Regime) -> dict:
     from autoselect.plan import LayerAction, Plan
-    from autoselect.quant import apply_plan
+    from autoselect import apply_plan
     from autoselect.quant.simulate import quant_layers
 
     if not regime.weight_symmetric or regime.act_symmetric or regime.act_bits != 8:
