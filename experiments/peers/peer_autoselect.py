@@ -41,7 +41,10 @@ def run(ctx: common.Context, pipeline: str, regime: common.Regime) -> dict:
     with timer:
         qmodel = apply_plan(model, plan, ctx.calib_batches(128), input_shape=ctx.input_shape)
     specs = {ql.spec.describe() for ql in quant_layers(qmodel).values() if ql.spec is not None}
-    return {"top1": ctx.evaluate(qmodel), "calib_seconds": timer.seconds,
+    evaluation = common.Timer()
+    with evaluation:
+        top1 = ctx.evaluate(qmodel)
+    return {"top1": top1, "calib_seconds": timer.seconds, "eval_seconds": evaluation.seconds,
             "settings": f"autoselect plan target={target}; " + "; ".join(sorted(specs)),
             "extra": {"method_seconds": {k: round(v, 2) for k, v in qmodel.autoselect_method_seconds.items()},
                       "equalized_pairs": len(getattr(qmodel, "autoselect_equalized", []))}}
