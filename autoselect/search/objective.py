@@ -95,6 +95,10 @@ class TrialEvaluator:
         """``apply_plan`` of ``plan``; the calibrated model (post-training methods included: AdaRound takes
         minutes) is computed once per quantization configuration and copied for each plan that shares it."""
         specs, actions = plan_specs(plan, self.graph)
+        return finish_plan(copy.deepcopy(self._base(plan, specs)), plan, actions, self.graph)
+
+    def _base(self, plan: Plan, specs: dict) -> nn.Module:
+        """The calibrated, all-frozen model of a quantization configuration (cached; never trained)."""
         key = repr(sorted(specs.items()))
         base = self._calibrated.pop(key, None)
         if base is None:
@@ -103,16 +107,17 @@ class TrialEvaluator:
         self._calibrated[key] = base  # most recently used last
         while len(self._calibrated) > CALIBRATED_CACHE:
             self._calibrated.pop(next(iter(self._calibrated)))
-        return finish_plan(copy.deepcopy(base), plan, actions, self.graph)
+        return base
 
     @property
     def ptq_cache(self) -> dict[str, float]:
         return dict(self._ptq_top1)
 
     def ptq_top1(self, plan: Plan) -> float:
-        """Validation top-1 of ``plan`` before any training (computed once per quantization configuration)."""
+        """Validation top-1 of ``plan``'s quantization configuration with every layer frozen, before any training
+        (computed once per configuration)."""
         specs, _ = plan_specs(plan, self.graph)
-        return self._step0_top1(specs, lambda: self.apply(plan))
+        return self._step0_top1(specs, lambda: self._base(plan, specs))
 
     def _step0_top1(self, specs: dict, quantized: Callable[[], nn.Module]) -> float:
         key = repr(sorted(specs.items()))  # every quantizer setting of every layer
@@ -127,7 +132,8 @@ class TrialEvaluator:
         torch.manual_seed(self.seed)
         qmodel = self.apply(plan)
         frac = retrained_fraction(qmodel)
-        ptq = self._step0_top1(specs, lambda: qmodel)
+        # step 0 is the configuration's all-frozen PTQ (a QAT layer drops its bias correction before training)
+        ptq = self._step0_top1(specs, lambda: self._base(plan, specs))
         history = [(0, ptq)]
         if report is not None and report(0, ptq, frac, latency):
             raise Pruned(0, ptq)
