@@ -233,14 +233,15 @@ def _cmd_baseline(args: argparse.Namespace) -> int:
 
 
 def _cmd_ptq(args: argparse.Namespace) -> int:
-    from autoselect.ptq import ptq_table, with_methods
+    from autoselect.ptq import ptq_table
+    from autoselect.quant.methods import with_defaults
     from autoselect.quant.targets import get_target
 
     device = _device(args)
     plain = {"per_tensor": _spec(args, per_channel=False), "per_channel": _spec(args, per_channel=True)}
     schemes = dict(plain)
-    if not args.plain_only:  # what a plan's "freeze" gets: the default post-training methods
-        schemes.update({f"{name}+methods": with_methods(spec) for name, spec in plain.items()})
+    if not args.plain_only:  # what a plan's "freeze" gets: the default post-training methods (observers as asked)
+        schemes.update({f"{name}+methods": with_defaults(spec) for name, spec in plain.items()})
     if args.json:
         check_output_file(args.json, "--json")
     prep = _prepare(args, train_images=args.calib_images, test_images=args.eval_images)

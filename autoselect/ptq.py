@@ -4,18 +4,17 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn as nn
 
 from autoselect.evaluate import accuracy
 from autoselect.models.graph import LayerGraph
-from autoselect.quant.methods import defaults as method_defaults
 from autoselect.quant.simulate import calibrate, quantize_model
 from autoselect.quant.spec import QuantSpec
 
-__all__ = ["PTQRow", "evaluate_ptq", "ptq_table", "with_methods"]
+__all__ = ["PTQRow", "evaluate_ptq", "ptq_table"]
 
 
 @dataclass
@@ -27,11 +26,6 @@ class PTQRow:
     top1: float
     seconds: float = 0.0
     method_seconds: dict[str, float] = field(default_factory=dict)
-
-
-def with_methods(spec: QuantSpec) -> QuantSpec:
-    """``spec`` with the default post-training methods for its granularity (what a plain "freeze" gets)."""
-    return replace(spec, **method_defaults(spec))  # type: ignore[arg-type]
 
 
 def ptq_table(

@@ -17,13 +17,13 @@ import torch.nn as nn
 from autoselect.errors import AutoselectError
 from autoselect.models.graph import LayerGraph, build_layer_graph
 from autoselect.plan import LayerAction, Plan
-from autoselect.quant.methods import check_methods, default_weight_observer
-from autoselect.quant.methods import defaults as method_defaults
+from autoselect.quant.methods import with_defaults
 from autoselect.quant.simulate import calibrate, quant_layers, quantize_model
 from autoselect.quant.spec import QuantSpec
 from autoselect.quant.targets import Target, get_target
 
-__all__ = ["apply_plan", "calibrated_model", "finish_plan", "plan_specs", "quantized_size_bytes", "retrained_fraction", "trainable_layers"]
+__all__ = ["apply_plan", "calibrated_model", "finish_plan", "plan_specs", "quantized_size_bytes", "retrained_fraction",
+           "trainable_layers"]
 
 
 def _check(path: str, action: LayerAction, target: Target) -> None:
@@ -49,12 +49,7 @@ def _spec(action: LayerAction, target: Target, observers: dict[str, str]) -> Qua
         spec = replace(spec, act=replace(spec.act, symmetric=action.act == "sym"))
     spec = replace(spec, smooth=action.smooth)
     chosen = {"rounding": action.rounding, "bias_correction": action.bias_correction, "equalize": action.equalize}
-    methods = {**method_defaults(spec), **{k: v for k, v in chosen.items() if v is not None}}
-    spec = replace(spec, **methods)  # type: ignore[arg-type]
-    check_methods(spec)
-    if "weight" not in observers and spec.weight is not None:
-        spec = replace(spec, weight=replace(spec.weight, observer=default_weight_observer(spec)))
-    return spec
+    return with_defaults(spec, chosen, observer_named="weight" in observers)
 
 
 def plan_specs(plan: Plan, graph: LayerGraph) -> tuple[dict[str, QuantSpec | None], dict[str, LayerAction | None]]:

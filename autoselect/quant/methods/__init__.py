@@ -13,16 +13,16 @@ knowing the method:
   traces anyway (weights, biases, activation modules): cross-layer equalization.
 
 Registered here: ``equalize`` (transform, :mod:`.equalization`), ``adaround`` (rounding, :mod:`.adaround`),
-``bias_correction`` (correction, :mod:`.bias_correction`); ``nearest`` is plain rounding (no method). A new method is one new module that calls
-:func:`register_method` and is imported below.
+``bias_correction`` (correction, :mod:`.bias_correction`); ``nearest`` is plain rounding (no method). A new method
+is one new module that calls :func:`register_method` and is imported below.
 """
 
 from __future__ import annotations
 
 import copy
 import time
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, replace
 
 import torch
 import torch.nn as nn
@@ -32,8 +32,8 @@ from autoselect.models.graph import LayerGraph
 from autoselect.quant.layer import QuantLayer
 from autoselect.quant.spec import QuantSpec
 
-__all__ = ["MethodContext", "METHODS", "ROUNDINGS", "check_methods", "default_weight_observer", "defaults", "register_method", "run_methods",
-           "run_transforms"]
+__all__ = ["MethodContext", "METHODS", "ROUNDINGS", "check_methods", "default_weight_observer", "defaults",
+           "register_method", "run_methods", "run_transforms", "with_defaults"]
 
 
 @dataclass
@@ -96,9 +96,9 @@ def register_method(name: str, *, kind: str, order: int,
 def defaults(spec: QuantSpec) -> dict[str, object]:
     """The post-training methods a layer gets when its plan action names none: the strongest treatment measured
     on the reference checkpoint for its weight granularity (experiments/RESULTS.md, issue 13). Frozen and retrained
-    layers get the same, so that QAT starts from the best post-training state (and both quantize alike before
-    training). Cross-layer equalization only for per-tensor weights (per-channel scales already fit each channel)
-    and never with smoothing, which rescales the same channels."""
+    layers get the same spec, so both quantize alike before training (``apply.finish_plan`` then drops a retrained
+    layer's bias correction). Cross-layer equalization only for per-tensor weights (per-channel scales already fit
+    each channel) and never with smoothing, which rescales the same channels."""
     if spec.weight is None:
         return {"rounding": "nearest", "bias_correction": False, "equalize": False}
     return {"rounding": DEFAULT_ROUNDING if spec.weight.bits < 8 else "nearest", "bias_correction": True,
@@ -115,6 +115,18 @@ def default_weight_observer(spec: QuantSpec) -> str:
 # below 8 bits (at 8 bits rounding to nearest already matched FP32 with equalization and bias correction, and
 # AdaRound costs minutes)
 DEFAULT_ROUNDING = "adaround"
+
+
+def with_defaults(spec: QuantSpec, chosen: Mapping[str, object] | None = None, *,
+                  observer_named: bool = True) -> QuantSpec:
+    """``spec`` with the methods ``chosen`` names (``None`` values: not named) and :func:`defaults` for the rest;
+    where the weight observer was not named, :func:`default_weight_observer`. Refuses an unknown rounding."""
+    named = {k: v for k, v in (chosen or {}).items() if v is not None}
+    spec = replace(spec, **{**defaults(spec), **named})  # type: ignore[arg-type]
+    check_methods(spec)
+    if not observer_named and spec.weight is not None:
+        spec = replace(spec, weight=replace(spec.weight, observer=default_weight_observer(spec)))
+    return spec
 
 
 def check_methods(spec: QuantSpec, where: str = "") -> None:

@@ -16,9 +16,9 @@ defaults (``reg_param`` 0.01, ``beta_range`` (20, 2), ``warm_start`` 0.2, Adam a
 **Sampled output positions.** The loss is a sum over output positions, and each position of a convolution depends
 only on its receptive-field patch. So instead of whole feature maps (aimet: a batch of images per step), each layer
 draws up to :data:`POSITIONS` output positions from all calibration images once, keeps their input patches and
-float targets in a shuffled order, and every step is one small matrix product over the next :data:`BATCH` of them. The objective is the same
-(an unbiased sample of it); a step costs a fraction of a millisecond to a few, so the default of
-:data:`ITERATIONS` steps per layer is affordable. Grouped convolutions other than depthwise, and convolutions
+float targets in a shuffled order, and every step is one small matrix product over the next :data:`BATCH` of
+them. The objective is the same (an unbiased sample of it); a step costs a fraction of a millisecond to a few, so
+the default of :data:`ITERATIONS` steps per layer is affordable. Grouped convolutions other than depthwise, and convolutions
 with non-zero padding modes, use whole feature maps.
 """
 
