@@ -14,6 +14,12 @@ from autoselect.quant.methods.adaround import adaround_layer
 from autoselect.quant.simulate import quant_layers, set_mode
 
 
+def _calibrated(model, spec, batches, **kw):
+    q = quantize_model(model, spec, **kw)
+    calibrate(q, batches)
+    return q
+
+
 def _err(q, model, x):
     with torch.no_grad():
         return float((q(x) - model(x)).pow(2).mean())
@@ -22,10 +28,8 @@ def _err(q, model, x):
 def test_bias_correction_removes_most_of_the_output_error_and_the_fp32_mode_is_untouched(tiny, batches):
     x = torch.cat([b[0] for b in batches])
     spec = get_target("generic").spec(weight_bits=3)
-    plain = quantize_model(tiny, spec)
-    calibrate(plain, batches)
-    corrected = quantize_model(tiny, replace(spec, bias_correction=True))
-    calibrate(corrected, batches)
+    plain = _calibrated(tiny, spec, batches)
+    corrected = _calibrated(tiny, replace(spec, bias_correction=True), batches)
     assert "bias_correction" in corrected.autoselect_method_seconds
     assert all(ql.bias_delta is not None for ql in quant_layers(corrected).values())
     assert _err(corrected, tiny, x) < 0.5 * _err(plain, tiny, x)
@@ -93,10 +97,8 @@ def test_equalization_keeps_the_float_function_and_fixes_per_tensor_ranges(tiny,
     model = _skewed(tiny)
     model.blocks[0].conv[2] = torch.nn.ReLU()  # a ReLU between the pair: CLE is exact
     spec = get_target("generic-pt").spec(weight_bits=4)
-    plain = quantize_model(model, spec)
-    calibrate(plain, batches)
-    eq = quantize_model(model, replace(spec, equalize=True))
-    calibrate(eq, batches)
+    plain = _calibrated(model, spec, batches)
+    eq = _calibrated(model, replace(spec, equalize=True), batches)
     assert "equalize" in eq.autoselect_method_seconds
     assert "blocks.0.conv.0 -> blocks.0.conv.3" in eq.autoselect_equalized
     first, second = quant_layers(eq)["blocks.0.conv.0"].layer, quant_layers(eq)["blocks.0.conv.3"].layer
@@ -115,12 +117,11 @@ def test_equalization_keeps_the_float_function_and_fixes_per_tensor_ranges(tiny,
 
 
 def test_equalization_turns_relu6_between_a_pair_into_relu_and_leaves_smoothed_layers_alone(tiny, batches):
-    eq = quantize_model(tiny, replace(get_target("generic-pt").spec(weight_bits=4), equalize=True))
-    calibrate(eq, batches)
+    eq = _calibrated(tiny, replace(get_target("generic-pt").spec(weight_bits=4), equalize=True), batches)
     assert isinstance(eq.blocks[0].conv[2], torch.nn.ReLU) and isinstance(eq.stem[2], torch.nn.ReLU6)  # stem: shortcut
     assert quant_layers(eq)["blocks.0.conv.0"].followed_by == "ReLU"  # what AdaRound then reconstructs
-    both = quantize_model(tiny, replace(get_target("generic-pt").spec(weight_bits=4), equalize=True, smooth=True))
-    calibrate(both, batches)
+    both = _calibrated(tiny, replace(get_target("generic-pt").spec(weight_bits=4), equalize=True, smooth=True),
+                       batches)
     assert both.autoselect_equalized == []
 
 
@@ -160,8 +161,7 @@ def test_plan_method_fields_default_to_the_best_treatment_and_are_validated(tiny
 def test_block_inputs_match_a_full_forward_pass_for_every_layer(tiny, batches):
     from autoselect.quant.methods._capture import BlockInputs
 
-    q = quantize_model(tiny, get_target("generic-pt").spec(weight_bits=4), integer_graph=True)
-    calibrate(q, batches)
+    q = _calibrated(tiny, get_target("generic-pt").spec(weight_bits=4), batches, integer_graph=True)
     cpu = torch.device("cpu")
     inputs = BlockInputs(q, batches, cpu)
     chained = 0
