@@ -189,8 +189,11 @@ def test_ctrl_c_is_one_line_and_resume_reruns_the_interrupted_trial(tmp_path, se
     # many more trials than can finish in the test: a search that ends by itself (plans the space repeats are
     # answered from the cache at once) must not make the interrupt miss
     cmd = [sys.executable, "-m", "autoselect", "search", *args, "--trials", "400"]
+    # a job started in the background by a non-interactive shell (CI under nohup or `&`) inherits SIGINT ignored,
+    # and Python then never raises KeyboardInterrupt: the child gets SIGINT's default back, as in a terminal
     proc = subprocess.Popen(cmd, cwd=ROOT, env=dict(os.environ, PYTHONPATH=str(ROOT)), stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+                            stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.time() + 240
     try:
         while len(finished_trials(out / "study.db")) < 3 and time.time() < deadline and proc.poll() is None:

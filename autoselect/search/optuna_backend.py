@@ -18,6 +18,7 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from autoselect.errors import AutoselectError
+from autoselect.search.interrupt import TrialInterrupt
 from autoselect.search.objective import Outcome, Pruned
 from autoselect.search.pruning import Finished, ParetoPruner
 
@@ -135,7 +136,17 @@ def run_optuna(
     finished = len(study.get_trials(deepcopy=False, states=done_states))
     remaining = max(0, n_trials - finished)
 
+    guard = TrialInterrupt()
+
     def objective(trial: optuna.Trial) -> tuple[float, float, float]:
+        try:
+            with guard.trial():
+                return _objective(trial)
+        except KeyboardInterrupt:
+            trial.set_user_attr("interrupted", True)  # --resume runs it again (requeue_unfinished)
+            raise
+
+    def _objective(trial: optuna.Trial) -> tuple[float, float, float]:
         params = {name: trial.suggest_categorical(name, list(choices)) for name, choices in parameters.items()}
         key = json.dumps(params, sort_keys=True)
         for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)):
@@ -164,9 +175,6 @@ def run_optuna(
         except Pruned as p:
             trial.set_user_attr("pruned_at", p.step)
             raise optuna.TrialPruned(str(p)) from None
-        except KeyboardInterrupt:
-            trial.set_user_attr("interrupted", True)  # --resume runs it again (requeue_unfinished)
-            raise
         trial.set_user_attr("key", key)
         trial.set_user_attr("ptq_top1", out.ptq_top1)
         trial.set_user_attr("seconds", out.seconds)
@@ -199,7 +207,8 @@ def run_optuna(
     for h in handlers:
         h.addFilter(quiet)
     try:
-        study.optimize(objective, n_trials=remaining, callbacks=[on_trial], gc_after_trial=False)
+        with guard.installed():
+            study.optimize(objective, n_trials=remaining, callbacks=[on_trial], gc_after_trial=False)
     finally:
         for h in handlers:
             h.removeFilter(quiet)
