@@ -34,7 +34,8 @@ DEFAULT_CHECKPOINT = SHARED / "fixtures" / "mobilenet_v2_cifar10_fp32.pt"
 DEFAULT_DATA = SHARED / "datasets" / "cifar10"
 RAW_DIR = HERE / "results" / "raw"
 
-CALIB_SEED = 0  # calibration: numpy RandomState(0) permutation of the sorted train paths, first --calib-images
+CALIB_SEED = 0  # calibration: numpy RandomState(--calib-seed, 0 by default) permutation of the sorted train paths,
+# first --calib-images
 TEST_SEED = 1  # test subset (--test-images < all): RandomState(1) permutation of the sorted test paths, first N
 
 
@@ -78,6 +79,8 @@ def add_common_args(ap: argparse.ArgumentParser) -> argparse.ArgumentParser:
     ap.add_argument("--data", default=str(DEFAULT_DATA), help="CIFAR-10 ImageFolder root (train/, test/)")
     ap.add_argument("--regimes", default=",".join(REGIMES), help="comma list of " + ",".join(REGIMES))
     ap.add_argument("--calib-images", type=int, default=1024)
+    ap.add_argument("--calib-seed", type=int, default=CALIB_SEED,
+                    help="which calibration images: RandomState(seed) permutation of the train paths (spread runs)")
     ap.add_argument("--test-images", type=int, default=10000,
                     help="evaluate on the first N of a fixed permutation of the test set (all 10,000 by default)")
     ap.add_argument("--calib-batch-size", type=int, default=32)
@@ -131,9 +134,9 @@ def list_split(root: str | Path, split: str) -> tuple[list[str], list[int], list
     return paths, labels, classes
 
 
-def calibration_indices(n_train: int, n: int) -> np.ndarray:
-    """The shared calibration rule: RandomState(0) permutation of the sorted train paths, first ``n``."""
-    return np.random.RandomState(CALIB_SEED).permutation(n_train)[:n]
+def calibration_indices(n_train: int, n: int, seed: int = CALIB_SEED) -> np.ndarray:
+    """The shared calibration rule: RandomState(seed) permutation of the sorted train paths, first ``n``."""
+    return np.random.RandomState(seed).permutation(n_train)[:n]
 
 
 def test_indices(n_test: int, n: int) -> np.ndarray:
@@ -268,7 +271,8 @@ class Context:
         n_train = len(list_split(args.data, "train")[0])
         n_test = len(list_split(args.data, "test")[0])
         t0 = time.perf_counter()
-        self.calib_x, self.calib_y = load_images(args.data, "train", calibration_indices(n_train, args.calib_images),
+        calib = calibration_indices(n_train, args.calib_images, args.calib_seed)
+        self.calib_x, self.calib_y = load_images(args.data, "train", calib,
                                                  self.mean, self.std)
         self.test_x, self.test_y = load_images(args.data, "test", test_indices(n_test, args.test_images),
                                                self.mean, self.std)
@@ -344,7 +348,7 @@ def write_result(args: argparse.Namespace, peer: str, pipeline: str, regime: str
         "calib_seconds": None if calib_seconds is None else round(float(calib_seconds), 3),
         "eval_seconds": None if eval_seconds is None else round(float(eval_seconds), 3),
         "test_images": args.test_images if args.test_images < 10000 else 10000,
-        "calib_images": args.calib_images,
+        "calib_images": args.calib_images, "calib_seed": args.calib_seed,
         "settings": settings, "differences": list(differences or []), "reason": reason,
         "requested": REQUESTED_SETTINGS,
         "tool": tool, "tool_version": package_version(tool) if tool else None,

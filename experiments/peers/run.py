@@ -155,6 +155,7 @@ def write_tables(results: list[dict], out_dir: Path, header: list[str]) -> None:
 # --------------------------------------------------------------------------------------------------- running
 def common_args(args: argparse.Namespace, raw_dir: Path) -> list[str]:
     a = ["--checkpoint", args.checkpoint, "--calib-images", str(args.calib_images),
+         "--calib-seed", str(args.calib_seed),
          "--test-images", str(args.test_images), "--calib-batch-size", str(args.calib_batch_size),
          "--adaround-iters", str(args.adaround_iters), "--threads", str(args.threads), "--out-dir", str(raw_dir)]
     if args.data:
@@ -235,6 +236,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--data", default="", help="CIFAR-10 ImageFolder root (default: common.py's)")
     ap.add_argument("--test-images", type=int, default=10000)
     ap.add_argument("--calib-images", type=int, default=1024)
+    ap.add_argument("--calib-seed", type=int, default=0,
+                    help="RandomState seed of the calibration subset (other seeds: give another --results-dir)")
     ap.add_argument("--calib-batch-size", type=int, default=32)
     ap.add_argument("--adaround-iters", type=int, default=500)
     ap.add_argument("--threads", type=int, default=2, help="torch / OMP threads of each peer process")
@@ -261,7 +264,8 @@ def main(argv: list[str] | None = None) -> int:
     raw_dir, log_dir = out_dir / "raw", out_dir / "logs"
     header = [f"- command: `python {shlex.join(['experiments/peers/run.py'] + (argv if argv is not None else sys.argv[1:]))}`",
               f"- finished: {{finished}}; checkpoint `{Path(args.checkpoint).name}`; "
-              f"{args.calib_images} calibration images (RandomState(0) permutation of the sorted train paths), "
+              f"{args.calib_images} calibration images (RandomState({args.calib_seed}) permutation of the sorted "
+              "train paths), "
               f"{min(args.test_images, 10000)} test images; {args.threads} thread(s) per peer process",
               "- top1: % on the test images with each tool's own simulated-quantization (fake-quant) model; "
               "calib_seconds: wall time of the PTQ algorithm itself (graph capture, calibration, CLE/BC/GPTQ/"
