@@ -73,21 +73,26 @@ class LocalCluster:
         text = log.read_text(errors="replace").strip().splitlines()
         return "\n".join(text[-lines:])
 
-    def alive_nodes(self) -> int:
-        """Nodes the cluster reports alive, asked from a separate driver process (0 while it does not answer)."""
+    def alive_nodes(self, watch: subprocess.Popen | None = None) -> int:
+        """Nodes the cluster reports alive, asked from a separate driver process (0 while it does not answer, or
+        as soon as the node process ``watch`` exits: a driver would wait for a head that is gone)."""
         code = (f"import ray; ray.init(address={self.address!r}, logging_level=40); "
                 "print(sum(1 for n in ray.nodes() if n['Alive']))")
-        try:
-            r = subprocess.run([sys.executable, "-c", code], env=self.env, capture_output=True, text=True,
-                               timeout=60)
-        except subprocess.TimeoutExpired:
+        driver = subprocess.Popen([sys.executable, "-c", code], env=self.env, stdout=subprocess.PIPE,
+                                  stderr=subprocess.DEVNULL, text=True)
+        deadline = time.time() + 60
+        while driver.poll() is None and time.time() < deadline and (watch is None or watch.poll() is None):
+            time.sleep(0.2)
+        if driver.poll() is None:
+            driver.kill()
+            driver.wait()
             return 0
-        lines = r.stdout.strip().splitlines()
-        return int(lines[-1]) if r.returncode == 0 and lines and lines[-1].isdigit() else 0
+        lines = (driver.communicate()[0] or "").strip().splitlines()
+        return int(lines[-1]) if driver.returncode == 0 and lines and lines[-1].isdigit() else 0
 
     def _wait_for(self, nodes: int, proc: subprocess.Popen, what: str) -> None:
         deadline = time.time() + self.timeout
-        while self.alive_nodes() < nodes:
+        while self.alive_nodes(watch=proc) < nodes:
             exited = proc.poll()
             if exited is not None or time.time() > deadline:
                 why = f"exited with status {exited}" if exited is not None else f"not up after {self.timeout:.0f} s"
