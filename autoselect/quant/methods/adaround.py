@@ -75,6 +75,7 @@ class _Problem:
     def __init__(self, ql: QuantLayer, x_in: torch.Tensor, target: torch.Tensor, kind: str | None,
                  gen: torch.Generator) -> None:
         self.ql, self.kind = ql, kind
+        self.used: torch.Tensor | None = None  # the input columns the products keep (None: all)
         self.act = _activation(ql.followed_by)
         if kind is None:  # whole feature maps
             self.x, self.t = x_in, target
@@ -84,6 +85,7 @@ class _Problem:
             rows_x, rows_t = x_in.reshape(-1, x_in.shape[-1]), target.reshape(-1, target.shape[-1])
             keep = torch.randperm(rows_x.shape[0], generator=gen)[:POSITIONS]
             self.x, self.t = rows_x[keep].contiguous(), rows_t[keep].contiguous()
+            self._drop_unused_inputs()
             return
         assert isinstance(layer, nn.Conv2d)
         n = x_in.shape[0]
@@ -109,6 +111,18 @@ class _Problem:
         self.x, self.t = torch.cat(xs)[order], torch.cat(ts)[order]
         if kind == "depthwise":
             self.x = self.x.view(self.x.shape[0], layer.in_channels, -1)  # [P, C, k*k]
+        self._drop_unused_inputs()
+
+    def _drop_unused_inputs(self) -> None:
+        """Input columns that are zero in every kept row (kernel taps that only ever see zero padding, as a 3x3
+        kernel on a 1x1 map; input channels no image activates) multiply no data: they leave the matrix products,
+        and their weights' rounding, which no calibration image can see, stays at nearest (the regularizer alone
+        drives ``h`` to the side it started on)."""
+        used = (self.x != 0).flatten(0, -2).any(0) if self.kind != "depthwise" else (self.x != 0).any(0).any(0)
+        if bool(used.all()) or not bool(used.any()):
+            return
+        self.used = used
+        self.x = self.x[..., used].contiguous()
 
     @property
     def rows(self) -> int:
@@ -119,10 +133,13 @@ class _Problem:
         if self.kind is None:
             y = self.ql._run(x, w)
         elif self.kind == "depthwise":
-            y = (x * w.reshape(1, w.shape[0], -1)).sum(-1)  # [P, C, k*k] * [C, k*k]; einsum is slower here
+            w2 = w.reshape(w.shape[0], -1)
+            w2 = w2 if self.used is None else w2[:, self.used]
+            y = (x * w2.unsqueeze(0)).sum(-1)  # [P, C, k*k] * [C, k*k]; einsum is slower here
             y = y if bias is None else y + bias
         else:
-            y = F.linear(x, w.reshape(w.shape[0], -1), bias)
+            w2 = w.reshape(w.shape[0], -1)
+            y = F.linear(x, w2 if self.used is None else w2[:, self.used], bias)
         return self.act(y)
 
     def batch(self, step: int, size: int) -> tuple[torch.Tensor, torch.Tensor]:
