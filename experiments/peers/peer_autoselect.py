@@ -5,7 +5,8 @@ Pipelines:
     ``{"action": "freeze", "rounding": "nearest", "bias_correction": false, "equalize": false}``;
   * ``freeze``: a plan that says only ``freeze`` for every layer, so each layer gets autoselect's default
     post-training methods for the regime (autoselect.quant.methods.defaults: equalization for per-tensor weights,
-    AdaRound below 8 bits, bias correction).
+    AdaRound below 8 bits, bias correction);
+  * ``freeze_nearest``: the same defaults but rounding to nearest (``"rounding": "nearest"``): the cheap treatment.
 
 Same checkpoint, calibration images and test images as every peer (common.Context); BN folded before weight
 quantization, symmetric weights at the regime's bits and granularity, 8-bit asymmetric per-tensor activations
@@ -21,7 +22,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
 
-PIPELINES = ["ptq", "freeze"]
+PIPELINES = ["ptq", "freeze", "freeze_nearest"]
 
 
 def run(ctx: common.Context, pipeline: str, regime: common.Regime) -> dict:
@@ -35,6 +36,8 @@ def run(ctx: common.Context, pipeline: str, regime: common.Regime) -> dict:
     fields: dict = {"weight_bits": regime.weight_bits}
     if pipeline == "ptq":
         fields.update(rounding="nearest", bias_correction=False, equalize=False)
+    elif pipeline == "freeze_nearest":
+        fields.update(rounding="nearest")
     plan = Plan(layers={"_default": LayerAction(**fields)}, target=target)
     model = ctx.fp32_model()
     timer = common.Timer()
