@@ -63,7 +63,8 @@ def _common(p: argparse.ArgumentParser, *, data_default: str = "digits") -> None
 def _quant_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--target", default="generic", help="generic, x86, qnnpack, tensorrt, acl, snpe, tvm")
     p.add_argument("--weight-bits", type=POS, help="weight bit-width (simulation; default: the target's)")
-    p.add_argument("--weight-observer", default="minmax", choices=["minmax", "mse", "percentile"])
+    p.add_argument("--weight-observer", choices=["minmax", "mse", "percentile"],
+                   help="weight ranges (default: minmax; under post-training methods, theirs: mse with AdaRound)")
     p.add_argument("--act-observer", default="minmax", choices=["minmax", "mse", "percentile"])
     p.add_argument("--calib-images", type=POS, default=1024, help="calibration images from the train split")
 
@@ -96,6 +97,9 @@ def _parser() -> argparse.ArgumentParser:
     _common(p)
     _quant_options(p)
     p.add_argument("--per-tensor", action="store_true", help="per-tensor weights (default: the target's)")
+    p.add_argument("--methods", action="store_true",
+                   help="under the post-training methods a 'freeze' plan gets (equalization, AdaRound below 8 bits, "
+                        "bias correction), with their seconds; default: plain PTQ")
     p.add_argument("--isolated", action="store_true", help="also quantize one layer at a time (one pass per layer)")
     p.add_argument("--isolated-images", type=POS, help="images for the isolated passes (default: all calibration)")
     p.add_argument("--rank-by", default="local_drift", help="column to rank layers by (local_drift, drift, qmse, iso_qkl)")
@@ -174,8 +178,16 @@ def _parser() -> argparse.ArgumentParser:
 def _spec(args: argparse.Namespace, *, per_channel: bool | None = None):
     from autoselect.quant.targets import get_target
 
-    return get_target(args.target).spec(weight_bits=args.weight_bits, weight_observer=args.weight_observer,
+    return get_target(args.target).spec(weight_bits=args.weight_bits,
+                                        weight_observer=args.weight_observer or "minmax",
                                         act_observer=args.act_observer, per_channel=per_channel)
+
+
+def _with_methods(args: argparse.Namespace, spec):
+    """What a plan's "freeze" gets: the default post-training methods; the weight observer too unless named."""
+    from autoselect.quant.methods import with_defaults
+
+    return with_defaults(spec, observer_named=args.weight_observer is not None)
 
 
 def _prepare(args: argparse.Namespace, **kw):
@@ -234,14 +246,13 @@ def _cmd_baseline(args: argparse.Namespace) -> int:
 
 def _cmd_ptq(args: argparse.Namespace) -> int:
     from autoselect.ptq import ptq_table
-    from autoselect.quant.methods import with_defaults
     from autoselect.quant.targets import get_target
 
     device = _device(args)
     plain = {"per_tensor": _spec(args, per_channel=False), "per_channel": _spec(args, per_channel=True)}
     schemes = dict(plain)
     if not args.plain_only:  # what a plan's "freeze" gets: the default post-training methods (observers as asked)
-        schemes.update({f"{name}+methods": with_defaults(spec) for name, spec in plain.items()})
+        schemes.update({f"{name}+methods": _with_methods(args, spec) for name, spec in plain.items()})
     if args.json:
         check_output_file(args.json, "--json")
     prep = _prepare(args, train_images=args.calib_images, test_images=args.eval_images)
@@ -271,6 +282,7 @@ def _cmd_profile(args: argparse.Namespace) -> int:
 
     device = _device(args)
     spec = _spec(args, per_channel=False if args.per_tensor else None)
+    spec = _with_methods(args, spec) if args.methods else spec
     check_rank_by(args.rank_by, isolated=args.isolated)
     out = check_output_dir(args.out or f"runs/profile-{args.model.replace(':', '_')}")
     prep = _prepare(args, train_images=args.calib_images, splits=("train",))
@@ -281,6 +293,9 @@ def _cmd_profile(args: argparse.Namespace) -> int:
     written = report.save(out)
     o = report.output
     print(f"{args.model}: {len(prep.train)} calibration images, {spec.describe()}")
+    methods = {k[len("method_"):-2]: v for k, v in report.timings.items() if k.startswith("method_")}
+    if methods:
+        print("post-training methods: " + ", ".join(f"{m} {secs:.1f} s" for m, secs in methods.items()))
     line = f"logits: QMSE {o['qmse']:.4g}  QCE {o['qce']:.4g}  QKL {o['qkl']:.4g}  agreement {o['agreement']:.2f}%"
     if "top1_fp32" in o:
         line += f"  top-1 FP32 {o['top1_fp32']:.2f}% / quantized {o['top1_quant']:.2f}%"

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -64,6 +65,13 @@ def test_baseline_then_ptq_then_profile(tmp_path, capsys):
     assert "top 3 layers by iso_qkl" in out
     for name in ("layers.csv", "blocks.csv", "summary.json", "drift_per_block.png", "ranges_per_layer.png"):
         assert (out_dir / name).stat().st_size > 0
+    assert "post-training methods" not in out
+    # under what a "freeze" plan gets, with each method's seconds (8-bit per-channel: bias correction only)
+    assert main(["profile", *TINY, "--weights", str(ckpt), "--calib-images", "64", "--out", str(tmp_path / "pm"),
+                 "--methods"]) == 0
+    out = capsys.readouterr().out
+    assert "bias-corrected" in out and re.search(r"post-training methods: bias_correction \d+\.\d s", out), out
+    assert "method_bias_correction_s" in json.loads((tmp_path / "pm" / "summary.json").read_text())["timings"]
 
 
 @pytest.mark.parametrize(

@@ -108,3 +108,23 @@ def test_profiler_works_unchanged_on_torchvision_families(name):
     assert r.layers["drift"].notna().all() and (r.layers["local_drift"] > 0).all()
     assert r.blocks["drift"].notna().all()
     assert set(r.layers["role"]) >= {"stem", "classifier"}
+
+
+def test_profile_applies_the_specs_post_training_methods_and_times_them(tiny, batches):
+    """Bias correction and AdaRound, asked for by the spec, shape what the quantized pass measures; their seconds
+    are in the timings. A 3-bit weight spec leaves an error the methods visibly reduce."""
+    from dataclasses import replace
+
+    import autoselect.quant.methods.adaround as adaround
+
+    plain_spec = w8a8(weight_bits=3, act_bits=8)
+    plain = profile(tiny, batches, spec=plain_spec)
+    assert not any(k.startswith("method_") for k in plain.timings)
+    old = adaround.ITERATIONS
+    adaround.ITERATIONS = 100
+    try:
+        treated = profile(tiny, batches, spec=replace(plain_spec, rounding="adaround", bias_correction=True))
+    finally:
+        adaround.ITERATIONS = old
+    assert treated.timings["method_adaround_s"] > 0 and treated.timings["method_bias_correction_s"] > 0
+    assert treated.output["qmse"] < 0.8 * plain.output["qmse"], (treated.output, plain.output)

@@ -33,6 +33,7 @@ from autoselect.models.graph import LayerGraph, build_layer_graph
 from autoselect.profiling.metrics import avg_precision_bits, output_metrics, weight_stats
 from autoselect.profiling.report import SensitivityReport
 from autoselect.quant.layer import QuantLayer
+from autoselect.quant.methods import run_methods, run_transforms
 from autoselect.quant.simulate import quant_layers, quantize_model, set_mode
 from autoselect.quant.spec import QuantSpec, w8a8
 
@@ -125,6 +126,11 @@ def profile(
     ``local_drift``, ``drift``, ``qmse``, ``iso_qkl`` with ``isolated=True``, ...). Local drift is estimated on the
     first ``local_fraction`` of each batch: it needs one more FP32 run of each layer, the largest cost after the
     two passes themselves.
+
+    Post-training methods the spec names (:mod:`autoselect.quant.methods`) are applied as :func:`calibrate` does:
+    transforms (equalization) before the FP32 pass, which is then the equalized float model, the others after
+    calibration; the quantized pass measures the result. Their seconds are in the report's timings
+    (``method_<name>_s``).
     """
     if not 0.0 < local_fraction <= 1.0:
         raise AutoselectError(f"local_fraction must be in (0, 1], got {local_fraction}")
@@ -142,6 +148,7 @@ def profile(
     tap = _Tap(measured, local_fraction)
     timings: dict[str, float] = {"setup_s": time.perf_counter() - t_setup}
     try:
+        method_seconds = run_transforms(qmodel, data, device=device, progress=progress)  # tap is "off"
         # pass 1: FP32 reference + calibration, keeping the outputs while they fit
         t0 = time.perf_counter()
         set_mode(qmodel, "observe")
@@ -163,6 +170,11 @@ def profile(
         for layer in layers.values():
             layer.finish_calibration()
         timings["pass_fp32_calibrate_s"] = time.perf_counter() - t0
+        tap.mode = "off"
+        set_mode(qmodel, "quant")
+        qmodel.autoselect_method_seconds = dict(method_seconds)  # type: ignore[assignment]
+        method_seconds.update(run_methods(qmodel, data, device=device, progress=progress))
+        timings.update({f"method_{name}_s": secs for name, secs in method_seconds.items()})
         # pass 2: quantized, compared batch by batch with the FP32 outputs
         t0 = time.perf_counter()
         q_logits = []
