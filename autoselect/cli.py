@@ -441,12 +441,11 @@ def _cmd_search(args: argparse.Namespace) -> int:
     print(f"chosen: trial {int(c['trial'])}: top-1 {c['top1']:.2f}% with {100 * c['retrained']:.1f}% of parameters "
           f"retrained, latency {c['latency']:.4g} {res.latency_unit} -> {res.plan_path}")
     weights = args.weights or res.out / "fp32.pt"
+    print(s["verdict"])
     if c["retrained"] > 0:
         print(f"next: autoselect train --plan {res.plan_path} --weights {weights} --data {args.data}")
-    else:
-        print("PTQ is enough here: the chosen plan retrains nothing" + (
-            f"; next: autoselect export --plan {res.plan_path} --weights {weights} --data {args.data}"
-            if s["latency_measured"] else ""))
+    elif s["latency_measured"]:
+        print(f"next: autoselect export --plan {res.plan_path} --weights {weights} --data {args.data}")
     return 0
 
 

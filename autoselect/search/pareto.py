@@ -12,7 +12,7 @@ import pandas as pd
 
 from autoselect.errors import AutoselectError
 
-__all__ = ["Constraints", "choose", "hypervolume", "pareto_mask"]
+__all__ = ["Constraints", "choose", "hypervolume", "pareto_mask", "verdict"]
 
 OBJECTIVES = ("top1", "retrained", "latency")
 
@@ -99,3 +99,22 @@ def choose(df: pd.DataFrame, constraints: Constraints, *, fp32_top1: float) -> p
     near = feasible[feasible["top1"] >= feasible["top1"].max() - constraints.tolerance]
     order = near.assign(_neg=-near["top1"]).sort_values(["retrained", "latency", "_neg"], kind="stable")
     return order.drop(columns="_neg").iloc[0]
+
+
+def verdict(chosen: pd.Series, *, fp32_top1: float, ptq_top1: float, constraints: Constraints,
+            proxy_steps: int) -> str:
+    """What the choice means, in one line, saying what was measured: a plan that retrains nothing is "PTQ is
+    enough" only when PTQ itself is within the tolerance of FP32; otherwise no trained trial beat PTQ within the
+    proxy budget (or the constraints allowed none), which is a different statement."""
+    top1, retrained, tol = float(chosen["top1"]), float(chosen["retrained"]), constraints.tolerance
+    if retrained > 0:
+        return (f"retrain {100 * retrained:.1f}% of the parameters: {top1:.2f}% on validation (proxy), against "
+                f"{ptq_top1:.2f}% all frozen (PTQ) and {fp32_top1:.2f}% FP32")
+    loss = fp32_top1 - ptq_top1
+    if loss <= tol:
+        return f"PTQ is enough here: all frozen loses {loss:.2f} points against FP32 (tolerance {tol:g})"
+    if constraints.max_retrained == 0:
+        return f"the constraints allow no retraining; all frozen (PTQ) loses {loss:.2f} points against FP32"
+    return (f"no trained plan beat PTQ by more than {tol:g} points within the proxy budget ({proxy_steps} steps "
+            f"per trial); PTQ loses {loss:.2f} points against FP32: more --proxy-steps or --trials, or full QAT "
+            f"(autoselect train), may recover them")

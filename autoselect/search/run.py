@@ -21,7 +21,7 @@ from autoselect._io import atomic_path, output_dir
 from autoselect.errors import AutoselectError
 from autoselect.search.latency import LatencyModel
 from autoselect.search.objective import ProxyBudget, TrialEvaluator, measure_export_latency
-from autoselect.search.pareto import Constraints, choose, hypervolume, pareto_mask
+from autoselect.search.pareto import Constraints, choose, hypervolume, pareto_mask, verdict
 from autoselect.search.prior import group_sensitivity, narrow, smooth_candidates, warm_starts
 from autoselect.search.pruning import ParetoPruner
 from autoselect.space import SearchSpace, find_space, load_space
@@ -324,6 +324,8 @@ def _search(cfg: SearchConfig, prepared: Any = None) -> SearchResult:
         "hypervolume": hypervolume(done, ref_top1=ptq_top1, ref_latency=ref_latency),
         "hypervolume_ref": {"top1": ptq_top1, "retrained": 1.0, "latency": ref_latency},
         "chosen_trial": int(chosen["trial"]), "chosen": {k: float(chosen[k]) for k in ("top1", "retrained", "latency")},
+        "verdict": verdict(chosen, fp32_top1=fp32_top1, ptq_top1=ptq_top1, constraints=cfg.constraints,
+                           proxy_steps=cfg.proxy.steps),
         "proxy": asdict(cfg.proxy), "val_images": len(val), "train_images": len(train),
         "constraints": asdict(cfg.constraints), "sampler": cfg.sampler, "prior": cfg.prior, "seed": cfg.seed,
         "backend": cfg.backend, "ray": ray_run.as_dict() if ray_run is not None else None,
