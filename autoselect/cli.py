@@ -266,11 +266,13 @@ def _cmd_ptq(args: argparse.Namespace) -> int:
         label = "FP32" if spec is None else f"{row.name.replace('_', '-')}: {spec.describe()}"
         cost = "" if spec is None else f"  [{row.seconds:.1f} s" + "".join(
             f", {m} {s:.1f} s" for m, s in row.method_seconds.items()) + "]"
-        print(f"  top-1 {row.top1:6.2f}%  {label}{cost}")
+        same = "" if spec is None else f"  same as FP32 {row.agreement:6.2f}%"
+        print(f"  top-1 {row.top1:6.2f}%{same}  {label}{cost}")
     if args.json:
         with atomic_path(args.json) as tmp:
             tmp.write_text(json.dumps({"model": args.model, "target": args.target,
                                        "top1": {r.name: r.top1 for r in rows},
+                                       "agreement_with_fp32": {r.name: r.agreement for r in rows[1:]},
                                        "seconds": {r.name: r.seconds for r in rows[1:]},
                                        "method_seconds": {r.name: r.method_seconds for r in rows[1:]}},
                                       indent=2) + "\n")

@@ -20,13 +20,17 @@ class Prepared:
     test: ImageSet | None
 
 
-def _check_classes(data: ImageSet, loaded: LoadedModel) -> None:
+def _check_classes(data: ImageSet, loaded: LoadedModel, *, warn: bool) -> None:
     top = int(data.labels.max()) + 1 if len(data) else 0
     if max(data.num_classes, top) > loaded.num_classes:
         raise AutoselectError(
             f"data {data.source} has {data.num_classes} classes but model {loaded.name} outputs "
             f"{loaded.num_classes} (check --num-classes or --weights)"
         )
+    if warn and loaded.num_classes > data.num_classes:
+        print(f"warning: model {loaded.name} outputs {loaded.num_classes} classes but data {data.source} has "
+              f"{data.num_classes}: top-1 against these labels means little (agreement with FP32 still does)",
+              file=sys.stderr)
 
 
 def prepare(
@@ -55,8 +59,8 @@ def prepare(
         loaded = load_model(model, weights=weights, num_classes=num_classes, input_size=input_size)
         for s in splits:
             loaded_data[s] = load_images(data, split=s, input_size=loaded.input_size, limit=limits[s], seed=seed)
-    for s, d in loaded_data.items():
-        _check_classes(d, loaded)
+    for i, (s, d) in enumerate(loaded_data.items()):
+        _check_classes(d, loaded, warn=i == 0)
         loaded_data[s] = d.with_normalize(loaded.normalize)
     if weights is None and warn_untrained:
         print(f"note: no --weights given; {model} has random weights (train one with `autoselect baseline`)",

@@ -58,6 +58,10 @@ def test_baseline_then_ptq_then_profile(tmp_path, capsys):
     assert "equalized" in row and "bias-corrected" in row and "equalize " in row and "bias_correction " in row
     saved_ptq = json.loads((tmp_path / "ptq.json").read_text())
     assert set(saved_ptq["method_seconds"]["per_channel+methods"]) == {"bias_correction"}
+    # label-free agreement with FP32 next to each top-1
+    assert set(saved_ptq["agreement_with_fp32"]) == set(saved_ptq["seconds"])
+    assert all(0 < a <= 100 for a in saved_ptq["agreement_with_fp32"].values())
+    assert row.count("same as FP32") == 1
     out_dir = tmp_path / "prof"
     assert main(["profile", *TINY, "--weights", str(ckpt), "--calib-images", "64", "--out", str(out_dir),
                  "--isolated", "--isolated-images", "32", "--rank-by", "iso_qkl", "--top", "3"]) == 0
@@ -272,3 +276,10 @@ def test_a_model_file_of_the_users_works_without_pythonpath(tmp_path):
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 2 and r.stderr.strip().splitlines() == [
         "autoselect: error: model 'broken_net.py:build': running broken_net.py failed: RuntimeError: no GPU here"]
+
+
+def test_a_model_with_more_outputs_than_the_data_has_classes_is_warned_about(capsys):
+    assert main(["ptq", *TINY, "--num-classes", "12", "--calib-images", "32", "--eval-images", "32",
+                 "--plain-only"]) == 0
+    err = capsys.readouterr().err
+    assert "outputs 12 classes but data digits has 10" in err and err.count("warning:") == 1
