@@ -140,8 +140,11 @@ def test_plan_method_fields_default_to_the_best_treatment_and_are_validated(tiny
     explicit = Plan(layers={"_default": LayerAction(weight_bits=4)}, target="generic-pt", observers={"weight": "minmax"})
     specs, _ = plan_specs(explicit, graph)  # a plan that names the observer keeps it
     assert all(s is not None and s.weight is not None and s.weight.observer == "minmax" for s in specs.values())
-    specs, _ = plan_specs(Plan(layers={"_default": LayerAction(weight_bits=5)}, target="generic"), graph)
+    specs, _ = plan_specs(Plan(layers={"_default": LayerAction(weight_bits=4)}, target="generic"), graph)
     assert all(s is not None and s.rounding == "adaround" and not s.equalize for s in specs.values())
+    specs, _ = plan_specs(Plan(layers={"_default": LayerAction(weight_bits=5)}, target="generic"), graph)
+    assert all(s is not None and s.rounding == "nearest" and s.weight is not None and s.weight.observer == "minmax"
+               for s in specs.values())  # 5 bits: AdaRound measured no better than nearest
     specs, _ = plan_specs(Plan(layers={"_default": LayerAction()}, target="x86"), graph)  # 8-bit: nearest
     assert all(s is not None and s.rounding == "nearest" and s.bias_correction for s in specs.values())
     asked = LayerAction.from_json({"action": "freeze", "rounding": "nearest", "bias_correction": False}, "x")

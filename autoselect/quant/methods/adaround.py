@@ -17,8 +17,8 @@ defaults (``reg_param`` 0.01, ``beta_range`` (20, 2), ``warm_start`` 0.2, Adam a
 only on its receptive-field patch. So instead of whole feature maps (aimet: a batch of images per step), each layer
 draws up to :data:`POSITIONS` output positions from all calibration images once, keeps their input patches and
 float targets in a shuffled order, and every step is one small matrix product over the next :data:`BATCH` of
-them. The objective is the same (an unbiased sample of it); a step costs a fraction of a millisecond to a few, so
-the default of :data:`ITERATIONS` steps per layer is affordable. Grouped convolutions other than depthwise, and convolutions
+them (fewer for large layers, :data:`STEP_MACS`). The objective is the same (an unbiased sample of it); a step costs
+a fraction of a millisecond to a few, so the default of :data:`ITERATIONS` steps per layer is affordable. Grouped convolutions other than depthwise, and convolutions
 with non-zero padding modes, use whole feature maps.
 """
 
@@ -40,10 +40,14 @@ from autoselect.quant.methods._capture import BlockInputs, layer_inputs
 __all__ = ["ITERATIONS", "POSITIONS", "adaround_layer"]
 
 ZETA, GAMMA = 1.1, -0.1
-# 500, as the peers benchmark runs AIMET's; 1000 scored 0.1 point more on W4 per-channel MobileNetV2 (2,000 test
-# images, a tie), in twice the time
-ITERATIONS = 500
-BATCH = 1024  # output positions per step (whole-map layers: BATCH // positions-per-image images)
+# 1000: at 500, W4 per-tensor MobileNetV2 lost 0.7 point (78.60% against 79.32%, 10,000 test images)
+ITERATIONS = 1000
+BATCH = 1024  # output positions per step at most (whole-map layers: BATCH // positions-per-image images)
+# and fewer for large layers: a step multiplies at most STEP_MACS (rows x weights) but keeps MIN_BATCH rows, so that
+# the big 1x1 convolutions at the end of a MobileNet (1280x320 weights) cost a quarter of what they did; AIMET's
+# batch of 32 images gives those layers 32 positions per step
+STEP_MACS = 2**24
+MIN_BATCH = 256
 POSITIONS = 65536  # output positions kept per layer
 REG = 0.01
 BETA = (20.0, 2.0)
@@ -130,6 +134,13 @@ class _Problem:
     def rows(self) -> int:
         return self.x.shape[0]
 
+    def step_rows(self, batch: int) -> int:
+        """Rows per step: ``batch``, fewer where the layer's (used) weights make a step cost over STEP_MACS."""
+        if self.kind is None:
+            return batch
+        weights = self.ql.layer.weight.shape[0] * self.x.shape[-1]  # output channels x kept columns (or taps)
+        return max(min(batch, MIN_BATCH), min(batch, STEP_MACS // max(1, weights)))
+
     def out(self, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
         bias = self.ql.quant_bias()
         if self.kind is None:
@@ -188,6 +199,7 @@ def adaround_layer(ql: QuantLayer, x_q: torch.Tensor, x_fp: torch.Tensor, refere
     nearest_err = problem.error(nearest * s)
     opt = torch.optim.Adam([v], lr=LR)
     warm = int(WARMUP * iterations)
+    batch = problem.step_rows(batch)
     with torch.enable_grad():
         for it in range(iterations):
             xb, tb = problem.batch(it, batch)
