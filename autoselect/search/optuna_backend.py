@@ -139,15 +139,17 @@ def run_optuna(
     guard = TrialInterrupt()
 
     def objective(trial: optuna.Trial) -> tuple[float, float, float]:
+        # every parameter is drawn before a Ctrl-C can land (one held meanwhile is raised just after), so that the
+        # interrupted trial records its whole plan and --resume reruns that plan, not a half-drawn one
+        params = {name: trial.suggest_categorical(name, list(choices)) for name, choices in parameters.items()}
         try:
             with guard.trial():
-                return _objective(trial)
+                return _objective(trial, params)
         except KeyboardInterrupt:
             trial.set_user_attr("interrupted", True)  # --resume runs it again (requeue_unfinished)
             raise
 
-    def _objective(trial: optuna.Trial) -> tuple[float, float, float]:
-        params = {name: trial.suggest_categorical(name, list(choices)) for name, choices in parameters.items()}
+    def _objective(trial: optuna.Trial, params: dict[str, Any]) -> tuple[float, float, float]:
         key = json.dumps(params, sort_keys=True)
         for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)):
             if t.user_attrs.get("key") == key:
