@@ -148,7 +148,7 @@ def profile(
     tap = _Tap(measured, local_fraction)
     timings: dict[str, float] = {"setup_s": time.perf_counter() - t_setup}
     try:
-        method_seconds = run_transforms(qmodel, data, device=device, progress=progress)  # tap is "off"
+        transform_seconds = run_transforms(qmodel, data, device=device, progress=progress)  # tap is "off"
         # pass 1: FP32 reference + calibration, keeping the outputs while they fit
         t0 = time.perf_counter()
         set_mode(qmodel, "observe")
@@ -172,8 +172,7 @@ def profile(
         timings["pass_fp32_calibrate_s"] = time.perf_counter() - t0
         tap.mode = "off"
         set_mode(qmodel, "quant")
-        qmodel.autoselect_method_seconds = dict(method_seconds)  # type: ignore[assignment]
-        method_seconds.update(run_methods(qmodel, data, device=device, progress=progress))
+        method_seconds = {**transform_seconds, **run_methods(qmodel, data, device=device, progress=progress)}
         timings.update({f"method_{name}_s": secs for name, secs in method_seconds.items()})
         # pass 2: quantized, compared batch by batch with the FP32 outputs
         t0 = time.perf_counter()
