@@ -18,8 +18,8 @@ only on its receptive-field patch. So instead of whole feature maps (aimet: a ba
 draws up to :data:`POSITIONS` output positions from all calibration images once, keeps their input patches and
 float targets in a shuffled order, and every step is one small matrix product over the next :data:`BATCH` of
 them (fewer for large layers, :data:`STEP_MACS`). The objective is the same (an unbiased sample of it); a step costs
-a fraction of a millisecond to a few, so the default of :data:`ITERATIONS` steps per layer is affordable. Grouped convolutions other than depthwise, and convolutions
-with non-zero padding modes, use whole feature maps.
+a fraction of a millisecond to a few, so the default of :data:`ITERATIONS` steps per layer is affordable. Grouped
+convolutions other than depthwise, and convolutions with non-zero padding modes, use whole feature maps.
 """
 
 from __future__ import annotations
@@ -141,18 +141,20 @@ class _Problem:
         weights = self.ql.layer.weight.shape[0] * self.x.shape[-1]  # output channels x kept columns (or taps)
         return max(min(batch, MIN_BATCH), min(batch, STEP_MACS // max(1, weights)))
 
+    def _kept(self, w: torch.Tensor) -> torch.Tensor:
+        """The weight as a matrix [out, columns] (depthwise: [C, taps]), with only the kept input columns."""
+        w2 = w.reshape(w.shape[0], -1)
+        return w2 if self.used is None else w2[:, self.used]
+
     def out(self, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
         bias = self.ql.quant_bias()
         if self.kind is None:
             y = self.ql._run(x, w)
         elif self.kind == "depthwise":
-            w2 = w.reshape(w.shape[0], -1)
-            w2 = w2 if self.used is None else w2[:, self.used]
-            y = (x * w2.unsqueeze(0)).sum(-1)  # [P, C, k*k] * [C, k*k]; einsum is slower here
+            y = (x * self._kept(w).unsqueeze(0)).sum(-1)  # [P, C, k*k] * [C, k*k]; einsum is slower here
             y = y if bias is None else y + bias
         else:
-            w2 = w.reshape(w.shape[0], -1)
-            y = F.linear(x, w2 if self.used is None else w2[:, self.used], bias)
+            y = F.linear(x, self._kept(w), bias)
         return self.act(y)
 
     def batch(self, step: int, size: int) -> tuple[torch.Tensor, torch.Tensor]:
