@@ -143,8 +143,8 @@ def test_plan_method_fields_default_to_the_best_treatment_and_are_validated(tiny
     specs, _ = plan_specs(Plan(layers={"_default": LayerAction(weight_bits=4)}, target="generic"), graph)
     assert all(s is not None and s.rounding == "adaround" and not s.equalize for s in specs.values())
     specs, _ = plan_specs(Plan(layers={"_default": LayerAction(weight_bits=5)}, target="generic"), graph)
-    assert all(s is not None and s.rounding == "nearest" and s.weight is not None and s.weight.observer == "minmax"
-               for s in specs.values())  # 5 bits: AdaRound measured no better than nearest
+    assert all(s is not None and s.rounding == "nearest" and s.weight is not None and s.weight.observer == "mse"
+               for s in specs.values())  # 5 bits: AdaRound measured no better than nearest; MSE ranges still
     specs, _ = plan_specs(Plan(layers={"_default": LayerAction()}, target="x86"), graph)  # 8-bit: nearest
     assert all(s is not None and s.rounding == "nearest" and s.bias_correction for s in specs.values())
     asked = LayerAction.from_json({"action": "freeze", "rounding": "nearest", "bias_correction": False}, "x")

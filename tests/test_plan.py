@@ -106,7 +106,9 @@ def test_users_own_training_loop(tmp_path, tiny, batches):
     plan = asel.load_plan(path)
     qmodel = asel.apply_plan(tiny, plan, batches)
     frozen_before = {n: p.detach().clone() for n, p in qmodel.named_parameters() if not p.requires_grad}
-    opt = torch.optim.SGD([p for p in qmodel.parameters() if p.requires_grad], lr=0.2, momentum=0.9)
+    # Adam: SGD at lr 0.2 with momentum was chaotic on this tiny problem (one data seed of four ended at loss 1.97,
+    # the others below 0.1), so a change of the starting weight ranges could fail the test by luck
+    opt = torch.optim.Adam([p for p in qmodel.parameters() if p.requires_grad], lr=0.01)
     g = torch.Generator().manual_seed(0)
     y = torch.randint(0, 2, (16,), generator=g)
     x = torch.randn(16, 3, 32, 32, generator=g) + (2.0 * y.float() - 1.0).view(-1, 1, 1, 1)  # learnable labels
@@ -118,7 +120,7 @@ def test_users_own_training_loop(tmp_path, tiny, batches):
         loss.backward()
         opt.step()
         losses.append(loss.item())
-    assert losses[-1] < 0.7 * losses[0]
+    assert losses[-1] < 0.2 * losses[0]  # below the two-label prior (ln 2): the retrained layers learned
     for n, p in qmodel.named_parameters():
         if not p.requires_grad:
             assert torch.equal(p, frozen_before[n]), n

@@ -95,6 +95,25 @@ def test_mse_and_percentile_clip_outliers():
     assert errs["percentile"] < errs["minmax"] / 5
 
 
+def test_mse_weight_range_is_within_a_fine_step_of_the_best_clip():
+    """The mse observer's clip ratio is searched finely near 1, where heavy-tailed weights have their optimum: on
+    Laplace-distributed weights at 5 bits its error is within 0.2% of a 1,601-ratio brute force (the former
+    logspace(-2, 0, 48) grid was up to 1.4% above it)."""
+    from autoselect.quant.observers import weight_qparams
+
+    tq = TensorQuant(bits=5, symmetric=True, observer="mse")
+    zero = torch.zeros((), dtype=torch.int32)
+    for seed in range(10):
+        g = torch.Generator().manual_seed(seed)
+        w = torch.randn(4096, generator=g).sign() * torch.empty(4096).exponential_(generator=g)
+        scale, _ = weight_qparams(w, tq)
+        err = (fake_quant(w, scale, zero, tq) - w).pow(2).mean().item()
+        amax = w.abs().max()
+        best = min((fake_quant(w, amax * r / tq.qmax, zero, tq) - w).pow(2).mean().item()
+                   for r in torch.linspace(0.2, 1.0, 1601).tolist())
+        assert err <= best * 1.002, seed
+
+
 def test_bn_folding_keeps_outputs(tiny):
     x = torch.randn(4, 3, 32, 32)
     folded = copy.deepcopy(tiny)

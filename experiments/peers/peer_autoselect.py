@@ -2,10 +2,11 @@
 
 Pipelines:
   * ``ptq``: plain PTQ (min-max weights, round to nearest, no correction): a plan whose layers all say
-    ``{"action": "freeze", "rounding": "nearest", "bias_correction": false, "equalize": false}``;
+    ``{"action": "freeze", "rounding": "nearest", "bias_correction": false, "equalize": false}``, with
+    ``"observers": {"weight": "minmax"}``;
   * ``freeze``: a plan that says only ``freeze`` for every layer, so each layer gets autoselect's default
     post-training methods for the regime (autoselect.quant.methods.defaults: equalization for per-tensor weights,
-    AdaRound below 8 bits, bias correction);
+    MSE weight ranges, AdaRound below 5 bits, bias correction);
   * ``freeze_nearest``: the same defaults but rounding to nearest (``"rounding": "nearest"``): the cheap treatment.
 
 Same checkpoint, calibration images and test images as every peer (common.Context); BN folded before weight
@@ -34,11 +35,13 @@ def run(ctx: common.Context, pipeline: str, regime: common.Regime) -> dict:
         raise common.Skip("this runner maps only symmetric weights with 8-bit asymmetric activations")
     target = "generic" if regime.per_channel else "generic-pt"
     fields: dict = {"weight_bits": regime.weight_bits}
+    observers = {"act": "minmax"}  # weight ranges: the methods' default (mse) unless the pipeline names one
     if pipeline == "ptq":
         fields.update(rounding="nearest", bias_correction=False, equalize=False)
+        observers["weight"] = "minmax"
     elif pipeline == "freeze_nearest":
         fields.update(rounding="nearest")
-    plan = Plan(layers={"_default": LayerAction(**fields)}, target=target)
+    plan = Plan(layers={"_default": LayerAction(**fields)}, target=target, observers=observers)
     model = ctx.fp32_model()
     timer = common.Timer()
     with timer:
