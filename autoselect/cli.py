@@ -64,7 +64,7 @@ def _quant_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--target", default="generic", help="generic, x86, qnnpack, tensorrt, acl, snpe, tvm")
     p.add_argument("--weight-bits", type=POS, help="weight bit-width (simulation; default: the target's)")
     p.add_argument("--weight-observer", choices=["minmax", "mse", "percentile"],
-                   help="weight ranges (default: minmax; under post-training methods, theirs: mse with AdaRound)")
+                   help="weight ranges (default: minmax for plain PTQ; under post-training methods, theirs: mse)")
     p.add_argument("--act-observer", default="minmax", choices=["minmax", "mse", "percentile"])
     p.add_argument("--calib-images", type=POS, default=1024, help="calibration images from the train split")
 
