@@ -12,7 +12,7 @@ from autoselect.plan import LayerAction, Plan, load_plan, save_plan
 from autoselect.models import LayerGraph, build_layer_graph, create_model, list_models, load_model, register_model
 from autoselect.profiling import SensitivityReport, profile
 from autoselect.ptq import evaluate_ptq
-from autoselect.quant.apply import apply_plan, retrained_fraction
+from autoselect.quant.apply import apply_plan, quantizer_params, retrained_fraction
 from autoselect.quant import QuantSpec, TensorQuant, calibrate, get_target, quantize_model, set_mode, w8a8
 from autoselect.train import QATConfig, train_baseline, train_qat
 
@@ -43,6 +43,7 @@ __all__ = [
     "quantize_model",
     "register_model",
     "resolve_device",
+    "quantizer_params",
     "retrained_fraction",
     "save_plan",
     "set_mode",

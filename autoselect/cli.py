@@ -113,6 +113,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--target", help="override the plan's target (train for the target you will export to)")
     p.add_argument("--steps", type=POS, default=300, help="optimizer steps")
     p.add_argument("--lr", type=float, default=0.01, help="peak learning rate (after warm-up)")
+    p.add_argument("--step-lr", type=float, default=1e-3,
+                   help="peak Adam rate of the learned quantizer steps and zero-points (LSQ; plans' learn_scales)")
     p.add_argument("--warmup-steps", type=NONNEG, default=20)
     p.add_argument("--schedule", default="cosine", choices=["cosine", "step"])
     p.add_argument("--calib-images", type=POS, default=1024, help="calibration images from the train split")
@@ -345,7 +347,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
     plan, plan_name = _resolve_plan(args)
     device = _device(args)
     out = check_output_dir(args.out or f"runs/train-{plan_name}")
-    cfg = QATConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr, warmup_steps=args.warmup_steps,
+    cfg = QATConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr, step_lr=args.step_lr,
+                    warmup_steps=args.warmup_steps,
                     schedule=args.schedule, checkpoint=str(out / "qat.pt"), checkpoint_every=args.checkpoint_every,
                     seed=args.seed)
     if args.resume and not (out / "qat.pt").is_file():

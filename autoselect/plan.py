@@ -19,6 +19,11 @@ with the layer feeding this one). Left out, each takes its default for the actio
 (:func:`autoselect.quant.methods.defaults`): a plan that says only ``"freeze"`` gets the strongest post-training
 treatment measured for its target.
 
+A ``qat`` action also takes ``learn_scales`` (default true): its weight and input-activation steps are trained with
+the weights (LSQ, LSQ+ offsets on asymmetric grids, :mod:`autoselect.quant.lsq`), starting from the post-training
+state; false keeps the calibrated activation grid fixed and recomputes the weight's from the weight (min-max or MSE)
+at every step, as before.
+
 This module is pure data: it imports neither torch nor the models.
 """
 
@@ -52,6 +57,8 @@ class LayerAction:
     rounding: str | None = None
     bias_correction: bool | None = None
     equalize: bool | None = None
+    # qat only: train the quantizers' steps with the weights (LSQ); None: the default (true for qat)
+    learn_scales: bool | None = None
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
@@ -67,16 +74,23 @@ class LayerAction:
                                                                                              self.rounding)):
             raise AutoselectError(f"rounding must be a method name such as 'nearest' or 'adaround', "
                                   f"got {self.rounding!r}"[:300])
-        for name in ("bias_correction", "equalize"):
+        for name in ("bias_correction", "equalize", "learn_scales"):
             val = getattr(self, name)
             if val is not None and not isinstance(val, bool):
                 raise AutoselectError(f"'{name}' must be true or false, got {val!r}"[:300])
+        if self.learn_scales is not None and self.kind != "qat":
+            raise AutoselectError("'learn_scales' applies to qat (retrained) layers only")
         if self.smooth and self.equalize:
             raise AutoselectError("a smoothed layer cannot also be equalized (both rescale its input channels)")
 
     @property
     def trainable(self) -> bool:
         return self.kind == "qat"
+
+    @property
+    def learns_scales(self) -> bool:
+        """Whether a retrained layer trains its quantizers' steps (the default) or keeps them as calibrated."""
+        return self.trainable and self.learn_scales is not False
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {"action": self.kind}
@@ -86,7 +100,7 @@ class LayerAction:
             out["weight_bits"] = self.weight_bits
         if self.smooth:
             out["smooth"] = True
-        for name in ("rounding", "bias_correction", "equalize"):
+        for name in ("rounding", "bias_correction", "equalize", "learn_scales"):
             if getattr(self, name) is not None:
                 out[name] = getattr(self, name)
         return out
@@ -97,7 +111,8 @@ class LayerAction:
             obj = {"action": obj}
         if not isinstance(obj, dict):
             raise AutoselectError(f"{where}: an action must be a string or an object, got {type(obj).__name__}")
-        unknown = set(obj) - {"action", "act", "weight_bits", "smooth", "rounding", "bias_correction", "equalize"}
+        unknown = set(obj) - {"action", "act", "weight_bits", "smooth", "rounding", "bias_correction", "equalize",
+                                 "learn_scales"}
         if unknown:
             raise AutoselectError(f"{where}: unknown field(s) {', '.join(sorted(map(str, unknown)))}")
         kind = obj.get("action", "freeze")
@@ -115,7 +130,7 @@ class LayerAction:
         try:
             return cls(kind=kind, act=act, weight_bits=obj.get("weight_bits"), smooth=smooth,
                        rounding=obj.get("rounding"), bias_correction=obj.get("bias_correction"),
-                       equalize=obj.get("equalize"))
+                       equalize=obj.get("equalize"), learn_scales=obj.get("learn_scales"))
         except AutoselectError as exc:
             raise AutoselectError(f"{where}: {exc}") from None
 

@@ -148,3 +148,39 @@ def test_qoperator_format_writes_integer_ops(tmp_path):
     assert "QLinearConv" in ops and "DequantizeLinear" in ops
     with pytest.raises(AutoselectError, match="quant_format"):
         export(q, data, tmp_path, quant_format="tflite")
+
+
+def test_learned_steps_are_what_the_export_writes(tmp_path):
+    """After QAT with learned steps (LSQ) the exported model carries the trained grids, not the calibrated ones: the
+    QuantizeLinear scales of a retrained layer's input and weight are its learned steps, and the integer model
+    still agrees with the simulation."""
+    import onnx
+    from onnx import numpy_helper
+
+    data = _data()
+    plan = Plan(layers={"role:depthwise": LayerAction(kind="qat"), "_default": LayerAction()}, target="x86")
+    q = apply_plan(_model(data), plan, data)
+    layer = quant_layers(q)["blocks.1.conv.3"]
+    assert layer.act_learner is not None and layer.weight_learner is not None
+    calibrated = float(layer.act_scale)
+    with torch.no_grad():  # what training would do, in one move: the grids end away from calibration
+        layer.act_learner.log_scale.add_(0.25)
+        layer.weight_learner.log_scale.add_(-0.1)
+    act_scale = float(layer.act_qparams()[0])
+    assert act_scale == pytest.approx(calibrated * np.exp(0.25), rel=1e-5)
+    res = export(q, data, tmp_path, target="x86")
+    model = onnx.load(str(res.int8_path))
+    inits = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
+    scales = [float(inits[n.input[1]].reshape(-1)[0]) for n in model.graph.node
+              if n.op_type == "QuantizeLinear" and n.input[1] in inits and inits[n.input[1]].size == 1]
+    assert any(abs(s - act_scale) < 1e-6 * act_scale for s in scales)
+    assert not any(abs(s - calibrated) < 1e-6 * calibrated for s in scales)
+    w_scales = layer.weight_qparams()[0].reshape(-1).numpy()
+    per_channel = [inits[n.input[1]] for n in model.graph.node if n.op_type in ("QuantizeLinear", "DequantizeLinear")
+                   and n.input[1] in inits and inits[n.input[1]].size == w_scales.size]
+    assert any(np.allclose(a, w_scales, rtol=1e-5) for a in per_channel)
+    x = torch.cat([b[0] for b in data])
+    with torch.no_grad():
+        sim = q(x).numpy()
+    real = ort_session(res.int8_path).run(None, {"input": x.numpy()})[0]
+    assert (real.argmax(1) == sim.argmax(1)).mean() >= 0.95

@@ -79,8 +79,12 @@ def test_apply_plan_freezes_all_but_qat_layers(tiny, batches):
     assert stem.weight.bits == 6 and stem.act.symmetric is False
     assert dw is not None and dw.weight is not None and dw.act is not None
     assert dw.act.symmetric is False and dw.weight.bits == 8
-    expected = sum(p.numel() for p in q.parameters() if p.requires_grad) / sum(p.numel() for p in tiny.parameters())
+    # the retrained layers' own weights and biases, not their learned quantizer steps (LSQ, trainable too)
+    weights = sum(layers[p].layer.weight.numel() + layers[p].layer.bias.numel() for p in trainable_layers(q))
+    expected = weights / sum(p.numel() for p in tiny.parameters())
     assert retrained_fraction(q) == pytest.approx(expected) and 0 < expected < 0.5
+    steps = [p for p in trainable_layers(q) if layers[p].weight_learner is not None and layers[p].act_learner is not None]
+    assert steps == trainable_layers(q) and all(x.requires_grad for p in steps for x in layers[p].parameters())
     assert all(layer.act_calibrated for layer in layers.values() if layer.spec is not None)
 
 

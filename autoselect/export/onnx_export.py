@@ -178,7 +178,8 @@ def export(
             exclude.append(node.name)
             fp32_layers.append(path)
             continue
-        for tensor, tq, scale, zp in ((node.input[0], ql.spec.act, ql.act_scale, ql.act_zero_point),
+        act_scale, act_zp = ql.act_qparams()
+        for tensor, tq, scale, zp in ((node.input[0], ql.spec.act, act_scale, act_zp),
                                       (node.output[0], ql.spec.output, ql.out_scale, ql.out_zero_point)):
             if tq is not None:
                 overrides[tensor] = [_override(tq.symmetric, scale, zp)]

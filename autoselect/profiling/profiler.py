@@ -260,7 +260,7 @@ def _layer_rows(model: nn.Module, graph: LayerGraph, layers: dict[str, QuantLaye
         if obs is not None and obs.min is not None and obs.max is not None:
             rng = float(obs.max - obs.min)
             row["act_range"] = rng
-            row["act_scale"] = float(ql.act_scale)
+            row["act_scale"] = float(ql.act_qparams()[0])
             if obs.ch_min is not None and obs.ch_max is not None and ql.spec is not None and ql.spec.act is not None:
                 row["act_avg_precision"] = avg_precision_bits((obs.ch_max - obs.ch_min).cpu(), rng, ql.spec.act.bits)
         bits = ql.spec.weight.bits if ql.spec is not None and ql.spec.weight is not None else 8

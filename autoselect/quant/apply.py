@@ -17,12 +17,15 @@ import torch.nn as nn
 from autoselect.errors import AutoselectError
 from autoselect.models.graph import LayerGraph, build_layer_graph
 from autoselect.plan import LayerAction, Plan
+from autoselect.quant.layer import QuantLayer
+from autoselect.quant.lsq import learn_scales
 from autoselect.quant.methods import with_defaults
 from autoselect.quant.simulate import calibrate, quant_layers, quantize_model
 from autoselect.quant.spec import QuantSpec
 from autoselect.quant.targets import Target, get_target
 
-__all__ = ["apply_plan", "calibrated_model", "finish_plan", "plan_specs", "quantized_size_bytes", "retrained_fraction",
+__all__ = ["apply_plan", "calibrated_model", "finish_plan", "plan_specs", "quantized_size_bytes", "quantizer_params",
+           "retrained_fraction",
            "trainable_layers"]
 
 
@@ -109,29 +112,57 @@ def calibrated_model(model: nn.Module, specs: dict[str, QuantSpec | None], graph
 
 
 def finish_plan(qmodel: nn.Module, plan: Plan, actions: dict[str, LayerAction | None], graph: LayerGraph) -> nn.Module:
-    """Make the plan's ``qat`` layers trainable in a :func:`calibrated_model` and record the plan on it."""
+    """Make the plan's ``qat`` layers trainable in a :func:`calibrated_model` and record the plan on it.
+
+    A retrained layer that learns its steps (the default, LSQ) starts from its whole post-training state: the
+    grids the range observer, calibration and rounding method chose, and its bias correction folded into the
+    trained bias. One with ``learn_scales: false`` drops the correction (its weight grid follows the weight)."""
     for path, layer in quant_layers(qmodel).items():
         action = actions[path]
         if action is not None and action.trainable:
-            # QAT trains the bias itself: a correction measured before training is dropped (kept, or folded into
-            # the trained bias, it stalled QAT of the tiny test model: loss 2.44 -> 2.33 in 60 steps, against
-            # 2.44 -> 0.18 without it; tests/test_plan.py::test_users_own_training_loop)
-            layer.bias_delta = None
-            for p in layer.layer.parameters():
+            if action.learns_scales:
+                _fold_bias_delta(layer)
+                learn_scales(layer)
+            else:
+                layer.bias_delta = None
+            for p in layer.parameters():
                 p.requires_grad_(True)
     qmodel.autoselect_plan = plan  # type: ignore[assignment]
     qmodel.autoselect_total_params = graph.total_params  # type: ignore[assignment]
     return qmodel
 
 
+@torch.no_grad()
+def _fold_bias_delta(layer: QuantLayer) -> None:
+    """Move a bias correction into the layer's own bias, which QAT then trains (the quantized output is the same)."""
+    if layer.bias_delta is None:
+        return
+    inner = layer.layer
+    if inner.bias is None:
+        inner.bias = nn.Parameter(layer.bias_delta.detach().clone().to(inner.weight))
+    else:
+        inner.bias.add_(layer.bias_delta.to(inner.bias))
+    layer.bias_delta = None
+
+
 def trainable_layers(qmodel: nn.Module) -> list[str]:
     return [p for p, layer in quant_layers(qmodel).items() if any(x.requires_grad for x in layer.parameters())]
 
 
+def quantizer_params(qmodel: nn.Module) -> set[int]:
+    """``id`` of every learned quantizer step and offset (LSQ) in ``qmodel``."""
+    return {id(p) for layer in quant_layers(qmodel).values()
+            for learner in (layer.weight_learner, layer.act_learner) if learner is not None
+            for p in learner.parameters()}
+
+
 def retrained_fraction(qmodel: nn.Module) -> float:
-    """Parameters with ``requires_grad`` over all parameters of the FP32 model (BatchNorm included)."""
+    """The model's parameters with ``requires_grad`` over all parameters of the FP32 model (BatchNorm included).
+    Learned quantizer steps and offsets (one or two per tensor or output channel) are not the model's and are not
+    counted."""
     total = getattr(qmodel, "autoselect_total_params", None) or sum(p.numel() for p in qmodel.parameters())
-    return sum(p.numel() for p in qmodel.parameters() if p.requires_grad) / total
+    steps = quantizer_params(qmodel)
+    return sum(p.numel() for p in qmodel.parameters() if p.requires_grad and id(p) not in steps) / total
 
 
 def quantized_size_bytes(qmodel: nn.Module) -> int:

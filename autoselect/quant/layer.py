@@ -8,7 +8,10 @@ prefixes keep their meaning. Each layer has a ``mode``:
 - ``"quant"``: input activation and weight are fake-quantized per the layer's :class:`QuantSpec`.
 
 Weight scales follow the weight: they are recomputed whenever the weight tensor changes in place (an optimizer
-step), so the same module serves PTQ and QAT. Gradients flow straight through the rounding (STE).
+step), so the same module serves PTQ and QAT. Gradients flow straight through the rounding (STE). With learned
+steps (:func:`autoselect.quant.lsq.learn_scales`, LSQ), ``weight_learner`` and ``act_learner`` hold trainable
+grids started from the calibrated ones and replace them; ``weight_qparams`` and ``act_qparams`` give whichever grid
+is in force, which is what the export reads.
 
 With ``spec.smooth`` (seed 003), each input channel c gets ``s_c = max|w[..., c, ...]|`` (fixed when the layer is
 wrapped): the weight is quantized as ``w / s`` and the activation as ``x * s``, so that one per-tensor weight scale
@@ -22,6 +25,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from autoselect.quant.dwconv import depthwise_conv2d, is_depthwise
+from autoselect.quant.lsq import LearnedQuantizer
 from autoselect.quant.observers import ActivationObserver, fake_quant, weight_qparams
 from autoselect.quant.spec import QuantSpec
 
@@ -40,6 +44,8 @@ class QuantLayer(nn.Module):
     weight_scale_fixed: torch.Tensor | None
     weight_zp_fixed: torch.Tensor | None
     bias_delta: torch.Tensor | None
+    weight_learner: LearnedQuantizer | None
+    act_learner: LearnedQuantizer | None
 
     def __init__(self, layer: nn.Conv2d | nn.Linear, spec: QuantSpec | None, *, per_channel_stats: bool = False,
                  seed: int = 0) -> None:
@@ -60,6 +66,9 @@ class QuantLayer(nn.Module):
         self.register_buffer("weight_scale_fixed", None)
         self.register_buffer("weight_zp_fixed", None)
         self.register_buffer("bias_delta", None)
+        # learned step sizes for QAT (autoselect.quant.lsq): None until learn_scales gives the layer its quantizers
+        self.register_module("weight_learner", None)
+        self.register_module("act_learner", None)
         self.observer = (
             ActivationObserver(spec.act, per_channel_stats=per_channel_stats, seed=seed)
             if spec is not None and spec.act is not None
@@ -118,6 +127,8 @@ class QuantLayer(nn.Module):
 
     def weight_qparams(self) -> tuple[torch.Tensor, torch.Tensor]:
         assert self.spec is not None and self.spec.weight is not None
+        if self.weight_learner is not None:
+            return self.weight_learner.qparams()
         if self.weight_scale_fixed is not None and self.weight_zp_fixed is not None:
             return self.weight_scale_fixed, self.weight_zp_fixed
         w = self.layer.weight
@@ -128,10 +139,18 @@ class QuantLayer(nn.Module):
             self._wq_key = key
         return self._wq
 
+    def act_qparams(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The input activation's grid in force: the learned one, else the calibrated one."""
+        if self.act_learner is not None:
+            return self.act_learner.qparams()
+        return self.act_scale, self.act_zero_point
+
     def quantized_weight(self) -> torch.Tensor:
         w = self.layer.weight
         if self.spec is None or self.spec.weight is None:
             return self.effective_weight()
+        if self.weight_learner is not None:
+            return self.weight_learner(self.effective_weight())
         needs_grad = torch.is_grad_enabled() and w.requires_grad
         if not needs_grad and self._qw is not None and self._qw_key == (w.data_ptr(), w._version, str(w.device)):
             return self._qw
@@ -147,6 +166,8 @@ class QuantLayer(nn.Module):
             return x
         if not self.act_calibrated:
             raise RuntimeError("activation quantizer used before calibration")
+        if self.act_learner is not None:
+            return self.act_learner(x)
         return fake_quant(x, self.act_scale, self.act_zero_point, self.spec.act)
 
     @torch.no_grad()

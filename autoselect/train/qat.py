@@ -1,7 +1,8 @@
 """Selective QAT: train the plan's ``qat`` layers of a model made by :func:`autoselect.apply_plan`.
 
-SGD with momentum and weight decay, a linear warm-up then cosine or step decay (seed 001's recipe, shortened to
-a CPU budget). Checkpoints are written atomically every ``checkpoint_every`` steps and at the end; ``resume=True``
+SGD with momentum and weight decay for the weights and biases, a linear warm-up then cosine or step decay (seed
+001's recipe, shortened to a CPU budget); Adam, on the same schedule, for the learned quantizer steps and zero-points
+of layers that learn them (LSQ, :mod:`autoselect.quant.lsq`, the plans' default for ``qat`` layers). Checkpoints are written atomically every ``checkpoint_every`` steps and at the end; ``resume=True``
 continues from the checkpoint at the same step, with the same data order, as if never interrupted.
 
 Frozen layers cost nothing in backward: autograd computes no weight gradient for them and stops at the first
@@ -29,6 +30,7 @@ from autoselect._io import atomic_path
 from autoselect.data.batches import ImageSet
 from autoselect.errors import AutoselectError, first_line
 from autoselect.evaluate import accuracy
+from autoselect.quant.apply import quantizer_params as _quantizer_params
 
 __all__ = ["QATConfig", "QATResult", "load_qat_checkpoint", "train_qat", "uses_channels_last"]
 
@@ -42,6 +44,8 @@ class QATConfig:
     weight_decay: float = 5e-4
     warmup_steps: int = 20
     schedule: str = "cosine"  # "cosine" | "step" (x0.1 at 50% and 75% of the steps)
+    # learned quantizer steps (as logarithms) and zero-points (LSQ/LSQ+): Adam at this rate, on the same schedule
+    step_lr: float = 1e-3
     checkpoint: str | None = None
     checkpoint_every: int = 100
     seed: int = 0
@@ -49,6 +53,8 @@ class QATConfig:
     def __post_init__(self) -> None:
         if self.steps < 1:
             raise AutoselectError(f"steps must be at least 1, got {self.steps}")
+        if not (self.lr > 0 and self.step_lr >= 0):
+            raise AutoselectError(f"lr must be positive and step_lr non-negative, got {self.lr} and {self.step_lr}")
         if self.schedule not in ("cosine", "step"):
             raise AutoselectError(f"schedule must be 'cosine' or 'step', got {self.schedule!r}")
 
@@ -74,17 +80,59 @@ def uses_channels_last(device: torch.device | str) -> bool:
     return torch.device(device).type == "cpu"
 
 
-def _optimizer(qmodel: nn.Module, cfg: QATConfig) -> torch.optim.SGD:
-    params = [p for p in qmodel.parameters() if p.requires_grad]
-    if not params:
-        raise AutoselectError("the plan has no qat layer: nothing to train (evaluate it with PTQ instead)")
-    decay = [p for p in params if p.dim() > 1]
-    no_decay = [p for p in params if p.dim() <= 1]
-    return torch.optim.SGD([{"params": decay, "weight_decay": cfg.weight_decay},
-                            {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr, momentum=cfg.momentum)
+class _Optimizers:
+    """SGD with momentum for the weights and biases; Adam for the learned quantizer steps and zero-points (their
+    gradients differ from the weights' by orders of magnitude between layers; Adam's updates do not depend on
+    that). One object with ``zero_grad``, ``step``, the schedule and a state dict, for the loop and checkpoints."""
+
+    def __init__(self, qmodel: nn.Module, cfg: QATConfig) -> None:
+        params = [p for p in qmodel.parameters() if p.requires_grad]
+        if not params:
+            raise AutoselectError("the plan has no qat layer: nothing to train (evaluate it with PTQ instead)")
+        steps = _quantizer_params(qmodel)
+        decay = [p for p in params if p.dim() > 1 and id(p) not in steps]
+        no_decay = [p for p in params if p.dim() <= 1 and id(p) not in steps]
+        self.cfg = cfg
+        self.sgd = torch.optim.SGD([{"params": decay, "weight_decay": cfg.weight_decay},
+                                    {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr, momentum=cfg.momentum)
+        learned = [p for p in params if id(p) in steps]
+        self.adam = torch.optim.Adam(learned, lr=cfg.step_lr) if learned else None
+
+    def schedule(self, step: int) -> float:
+        factor = self.cfg.lr_factor(step)
+        for group in self.sgd.param_groups:
+            group["lr"] = self.cfg.lr * factor
+        if self.adam is not None:
+            for group in self.adam.param_groups:
+                group["lr"] = self.cfg.step_lr * factor
+        return self.cfg.lr * factor
+
+    def zero_grad(self) -> None:
+        self.sgd.zero_grad(set_to_none=True)
+        if self.adam is not None:
+            self.adam.zero_grad(set_to_none=True)
+
+    def step(self) -> None:
+        self.sgd.step()
+        if self.adam is not None:
+            self.adam.step()
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"sgd": self.sgd.state_dict(), "adam": self.adam.state_dict() if self.adam is not None else None}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if set(state) != {"sgd", "adam"} or (state["adam"] is None) != (self.adam is None):
+            raise ValueError("optimizer state of another kind (a checkpoint from before learned steps?)")
+        self.sgd.load_state_dict(state["sgd"])
+        if self.adam is not None:
+            self.adam.load_state_dict(state["adam"])
 
 
-def _save(path: str, qmodel: nn.Module, opt: torch.optim.Optimizer, step: int, history: list, cfg: QATConfig) -> None:
+def _optimizer(qmodel: nn.Module, cfg: QATConfig) -> _Optimizers:
+    return _Optimizers(qmodel, cfg)
+
+
+def _save(path: str, qmodel: nn.Module, opt: _Optimizers, step: int, history: list, cfg: QATConfig) -> None:
     with atomic_path(path) as tmp:
         plan = getattr(qmodel, "autoselect_plan", None)
         torch.save({"kind": "autoselect-qat", "step": step, "model": qmodel.state_dict(),
@@ -114,7 +162,7 @@ def load_qat_checkpoint(path: str | Path, qmodel: nn.Module, *, target: str | No
     return ck
 
 
-def _load(path: str, qmodel: nn.Module, opt: torch.optim.Optimizer, cfg: QATConfig) -> tuple[int, list]:
+def _load(path: str, qmodel: nn.Module, opt: _Optimizers, cfg: QATConfig) -> tuple[int, list]:
     plan = getattr(qmodel, "autoselect_plan", None)
     ck = load_qat_checkpoint(path, qmodel, target=plan.target if plan is not None else None)
     if ck.get("seed") != cfg.seed or ck.get("steps") != cfg.steps:
@@ -172,9 +220,8 @@ def train_qat(
                 continue
             if step >= end:
                 break
-            for group in opt.param_groups:
-                group["lr"] = cfg.lr * cfg.lr_factor(step)
-            opt.zero_grad(set_to_none=True)
+            lr = opt.schedule(step)
+            opt.zero_grad()
             if channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
             loss = F.cross_entropy(qmodel(x), y)
@@ -183,7 +230,7 @@ def train_qat(
             step += 1
             bar.update(1)
             if step % 10 == 0:
-                history.append({"step": step, "loss": loss.item(), "lr": opt.param_groups[0]["lr"]})
+                history.append({"step": step, "loss": loss.item(), "lr": lr})
                 bar.set_postfix(loss=f"{loss.item():.3f}")
             if cfg.checkpoint and step % cfg.checkpoint_every == 0 and step < end:
                 _save(cfg.checkpoint, qmodel, opt, step, history, cfg)
