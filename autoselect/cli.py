@@ -63,6 +63,7 @@ def _common(p: argparse.ArgumentParser, *, data_default: str = "digits") -> None
 def _quant_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--target", default="generic", help="generic, x86, qnnpack, tensorrt, acl, snpe, tvm")
     p.add_argument("--weight-bits", type=POS, help="weight bit-width (simulation; default: the target's)")
+    p.add_argument("--act-bits", type=POS, help="activation bit-width, 4-8 (generic targets: simulation only)")
     p.add_argument("--weight-observer", choices=["minmax", "mse", "percentile"],
                    help="weight ranges (default: minmax for plain PTQ; under post-training methods, theirs: mse)")
     p.add_argument("--act-observer", default="minmax", choices=["minmax", "mse", "percentile"])
@@ -112,7 +113,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--plan", required=True, help="plan file (.json/.yaml) or a built-in plan name (`autoselect plans`)")
     p.add_argument("--target", help="override the plan's target (train for the target you will export to)")
     p.add_argument("--steps", type=POS, default=300, help="optimizer steps")
-    p.add_argument("--lr", type=float, default=0.01, help="peak learning rate (after warm-up)")
+    p.add_argument("--lr", type=float, default=0.001,
+                   help="peak SGD learning rate of the weights (after warm-up; 0.01 before learned steps)")
     p.add_argument("--step-lr", type=float, default=1e-3,
                    help="peak Adam rate of the learned quantizer steps and zero-points (LSQ; plans' learn_scales)")
     p.add_argument("--warmup-steps", type=NONNEG, default=20)
@@ -140,6 +142,8 @@ def _parser() -> argparse.ArgumentParser:
     _common(p)
     p.add_argument("--target", help="deployment target (default: the space's; x86/qnnpack latency is measured)")
     p.add_argument("--weight-bits", type=POS, help="weight bit-width for every quantized layer (simulation)")
+    p.add_argument("--act-bits", type=POS,
+                   help="activation bit-width for every quantized layer, 4-8 (generic targets: simulation only)")
     p.add_argument("--space", help="search space file or built-in name (default: the model family's)")
     p.add_argument("--trials", type=POS, help="finished trials the study should hold")
     p.add_argument("--proxy-steps", type=POS, help="QAT steps per trial")
@@ -155,12 +159,16 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--max-accuracy-drop", type=float, help="points of validation top-1 below FP32")
     p.add_argument("--max-retrained", type=float, help="fraction of parameters retrained, e.g. 0.25")
     p.add_argument("--max-latency-ms", type=float, help="latency limit (for cost-model targets: FP32 = 1)")
+    p.add_argument("--max-model-mb", type=float,
+                   help="limit on the deployed weights in MB (each layer at its bit-width; see trials.csv size_mb)")
     p.add_argument("--tolerance", type=float,
                    help="prefer the plan retraining least among those this close to the best top-1")
     p.add_argument("--sampler", default="tpe", choices=["tpe", "random", "nsga2"])
     p.add_argument("--no-prior", action="store_true", help="no warm start from the profile (blind search)")
     p.add_argument("--prune-margin", type=float, help="points behind a cheaper trial to prune at")
     p.add_argument("--no-prune", action="store_true")
+    p.add_argument("--no-train", action="store_true",
+                   help="search post-training choices only (freeze / fp32, bit-widths): for users who cannot retrain")
     p.add_argument("--latency", default="auto", choices=["auto", "measure", "cost"])
     p.add_argument("--latency-runs", type=POS)
     p.add_argument("--backend", default="optuna", choices=["optuna", "ray"],
@@ -182,7 +190,8 @@ def _spec(args: argparse.Namespace, *, per_channel: bool | None = None):
 
     return get_target(args.target).spec(weight_bits=args.weight_bits,
                                         weight_observer=args.weight_observer or "minmax",
-                                        act_observer=args.act_observer, per_channel=per_channel)
+                                        act_observer=args.act_observer, per_channel=per_channel,
+                                        act_bits=args.act_bits)
 
 
 def _with_methods(args: argparse.Namespace, spec):
@@ -423,12 +432,14 @@ def _cmd_search(args: argparse.Namespace) -> int:
     no_prune = {"prune_margin": None} if args.no_prune else given(prune_margin=args.prune_margin)
     cfg = SearchConfig(
         model=args.model, weights=args.weights, data=args.data, num_classes=args.num_classes,
-        input_size=args.input_size, target=args.target, weight_bits=args.weight_bits, space=args.space,
+        input_size=args.input_size, target=args.target, weight_bits=args.weight_bits, act_bits=args.act_bits,
+        no_train=args.no_train, space=args.space,
         proxy=ProxyBudget(**given(steps=args.proxy_steps, batch_size=args.proxy_batch, lr=args.proxy_lr,
                                   eval_every=args.eval_every, calib_images=args.calib_images)),
         train_images=args.train_images, val_images=args.val_images,
         constraints=Constraints(max_accuracy_drop=args.max_accuracy_drop, max_retrained=args.max_retrained,
-                                max_latency=args.max_latency_ms, **given(tolerance=args.tolerance)),
+                                max_latency=args.max_latency_ms, max_model_mb=args.max_model_mb,
+                                **given(tolerance=args.tolerance)),
         sampler=args.sampler, prior=not args.no_prior, latency=args.latency, backend=args.backend,
         ray=RayOptions(address=args.address, max_concurrent=args.max_concurrent,
                        **given(cpus_per_trial=args.cpus_per_trial, gpus_per_trial=args.gpus_per_trial,

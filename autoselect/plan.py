@@ -10,7 +10,9 @@ A plan maps layer keys to actions. Keys, in order of precedence:
 An action is one of ``freeze`` (quantized with calibrated parameters, not retrained), ``qat`` (quantized and
 retrained) or ``fp32`` (left in floating point), with modifiers: ``act`` (``"sym"``: signed activations with zero-point
 0; ``"asym"``: the full unsigned range with a zero-point; default: the target's), ``weight_bits`` (default: the
-target's) and ``smooth`` (seed 003: per-channel weight magnitudes moved into the activation, for per-tensor targets).
+target's), ``act_bits`` (4-8, the layer's input activation; default: the target's; below the target's, on the
+simulation-only ``generic`` targets only) and ``smooth`` (seed 003: per-channel weight magnitudes moved into the
+activation, for per-tensor targets).
 ``"qat_sym"`` and ``"qat_asym"`` are shorthands for ``{"action": "qat", "act": ...}``.
 
 Post-training methods (:mod:`autoselect.quant.methods`), per layer: ``rounding`` (``"nearest"`` or a registered
@@ -52,6 +54,7 @@ class LayerAction:
     kind: str = "freeze"
     act: str | None = None  # "sym" | "asym" | None (the target's)
     weight_bits: int | None = None
+    act_bits: int | None = None  # input activation bits, 4-8 (None: the target's); below 8: simulation only
     smooth: bool = False
     # post-training methods; None: the default for the action and target (autoselect.quant.methods.defaults)
     rounding: str | None = None
@@ -67,9 +70,13 @@ class LayerAction:
             raise AutoselectError(f"act must be 'sym' or 'asym', got {self.act!r}")
         if self.weight_bits is not None and not (isinstance(self.weight_bits, int) and 2 <= self.weight_bits <= 8):
             raise AutoselectError(f"weight_bits must be an integer from 2 to 8, got {self.weight_bits!r}")
-        if self.kind == "fp32" and (self.act or self.weight_bits or self.smooth or self.rounding is not None
-                                    or self.bias_correction is not None or self.equalize is not None):
-            raise AutoselectError("an fp32 action takes no act, weight_bits, smooth or post-training method")
+        if self.act_bits is not None and not (isinstance(self.act_bits, int) and not isinstance(self.act_bits, bool)
+                                              and 4 <= self.act_bits <= 8):
+            raise AutoselectError(f"act_bits must be an integer from 4 to 8, got {self.act_bits!r}")
+        if self.kind == "fp32" and (self.act or self.weight_bits or self.act_bits or self.smooth
+                                    or self.rounding is not None or self.bias_correction is not None
+                                    or self.equalize is not None):
+            raise AutoselectError("an fp32 action takes no act, weight_bits, act_bits, smooth or post-training method")
         if self.rounding is not None and not (isinstance(self.rounding, str) and re.fullmatch(r"[a-z0-9_]+",
                                                                                              self.rounding)):
             raise AutoselectError(f"rounding must be a method name such as 'nearest' or 'adaround', "
@@ -98,6 +105,8 @@ class LayerAction:
             out["act"] = self.act
         if self.weight_bits is not None:
             out["weight_bits"] = self.weight_bits
+        if self.act_bits is not None:
+            out["act_bits"] = self.act_bits
         if self.smooth:
             out["smooth"] = True
         for name in ("rounding", "bias_correction", "equalize", "learn_scales"):
@@ -111,8 +120,8 @@ class LayerAction:
             obj = {"action": obj}
         if not isinstance(obj, dict):
             raise AutoselectError(f"{where}: an action must be a string or an object, got {type(obj).__name__}")
-        unknown = set(obj) - {"action", "act", "weight_bits", "smooth", "rounding", "bias_correction", "equalize",
-                                 "learn_scales"}
+        unknown = set(obj) - {"action", "act", "weight_bits", "act_bits", "smooth", "rounding", "bias_correction",
+                              "equalize", "learn_scales"}
         if unknown:
             raise AutoselectError(f"{where}: unknown field(s) {', '.join(sorted(map(str, unknown)))}")
         kind = obj.get("action", "freeze")
@@ -128,7 +137,8 @@ class LayerAction:
                 raise AutoselectError(f"{where}: {obj['action']} contradicts act={act!r}")
             act = implied
         try:
-            return cls(kind=kind, act=act, weight_bits=obj.get("weight_bits"), smooth=smooth,
+            return cls(kind=kind, act=act, weight_bits=obj.get("weight_bits"), act_bits=obj.get("act_bits"),
+                       smooth=smooth,
                        rounding=obj.get("rounding"), bias_correction=obj.get("bias_correction"),
                        equalize=obj.get("equalize"), learn_scales=obj.get("learn_scales"))
         except AutoselectError as exc:
@@ -148,8 +158,9 @@ class Plan:
     layers: dict[str, LayerAction]
     target: str = "generic"
     model: ModelRef | None = None
-    # range observers; a missing "weight" takes the default of the layer's methods (mse with AdaRound, else minmax)
-    observers: dict[str, str] = field(default_factory=lambda: {"act": "minmax"})
+    # range observers; a missing "weight" takes the default of the layer's methods (mse), a missing "act" minmax at
+    # 8 bits and mse below (autoselect.quant.apply)
+    observers: dict[str, str] = field(default_factory=dict)
     objectives: dict[str, float] = field(default_factory=dict)
     provenance: dict[str, Any] = field(default_factory=dict)
     version: int = PLAN_VERSION
@@ -229,7 +240,7 @@ def _parse(obj: Any, source: str) -> Plan:
         raise AutoselectError(f"plan {source}: 'layers' must be a non-empty object")
     actions = {str(k): LayerAction.from_json(v, f"plan {source}, layer {k!r}") for k, v in layers.items()}
     ref = _model_ref(obj.get("model"), source)
-    observers = _mapping(obj, "observers", source) or {"act": "minmax"}
+    observers = _mapping(obj, "observers", source) or {}
     for key, val in observers.items():
         if key not in ("weight", "act") or not isinstance(val, str) or val not in ("minmax", "mse", "percentile"):
             raise AutoselectError(f"plan {source}: bad observer {key}={val!r}"[:300])

@@ -29,7 +29,7 @@ __all__ = ["ACTIONS", "SPACE_VERSION", "Group", "SearchSpace", "builtin_spaces",
 SPACE_VERSION = 1
 ACTIONS = ("freeze", "qat", "qat_sym", "qat_asym", "fp32")
 _FIELDS = {"version", "name", "description", "models", "target", "actions", "roles", "together", "weight_bits",
-           "smooth", "prior"}
+           "act_bits", "smooth", "prior"}
 _PRIOR_FIELDS = {"budgets", "search_top"}
 
 
@@ -69,6 +69,7 @@ class SearchSpace:
     roles: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
     together: tuple[str, ...] = ("expand", "depthwise", "project")
     weight_bits: tuple[int | None, ...] = (None,)  # None: the target's bit-width
+    act_bits: tuple[int | None, ...] = (None,)  # input activations, 4-8 (None: the target's); generic targets only
     smooth: tuple[bool, ...] = (False,)
     prior_budgets: tuple[float, ...] = (0.05, 0.1, 0.25, 0.5)
     search_top: int | None = None
@@ -86,8 +87,11 @@ class SearchSpace:
         for b in self.weight_bits:
             if b is not None and (not isinstance(b, int) or isinstance(b, bool) or not 2 <= b <= 8):
                 raise AutoselectError(f"{where}: weight_bits must be integers from 2 to 8 (or null), got {b!r}")
-        if not self.weight_bits or not self.smooth:
-            raise AutoselectError(f"{where}: weight_bits and smooth need at least one value")
+        for b in self.act_bits:
+            if b is not None and (not isinstance(b, int) or isinstance(b, bool) or not 4 <= b <= 8):
+                raise AutoselectError(f"{where}: act_bits must be integers from 4 to 8 (or null), got {b!r}")
+        if not self.weight_bits or not self.act_bits or not self.smooth:
+            raise AutoselectError(f"{where}: weight_bits, act_bits and smooth need at least one value")
         if any(not 0.0 < b <= 1.0 for b in self.prior_budgets):
             raise AutoselectError(f"{where}: prior.budgets are fractions of the parameters, in (0, 1]")
         if self.search_top is not None and self.search_top < 1:
@@ -128,6 +132,10 @@ class SearchSpace:
         if bad and not target.name.startswith("generic"):
             raise AutoselectError(f"{where}: {bad[0]}-bit weights cannot run on target {target.name} "
                                   f"(it runs {', '.join(map(str, target.weight_bits))}-bit)")
+        bad = [b for b in self.act_bits if b is not None and b != target.act_bits]
+        if bad and not target.name.startswith("generic"):
+            raise AutoselectError(f"{where}: {bad[0]}-bit activations cannot run on target {target.name} (it runs "
+                                  f"{target.act_bits}-bit; lower bit-widths are simulated on the generic targets only)")
 
     def parameters(self, group: Group) -> dict[str, tuple[Any, ...]]:
         """The search parameters of one group: name → choices (only those with more than one choice)."""
@@ -136,6 +144,8 @@ class SearchSpace:
             params[f"{group.name}.action"] = group.choices
         if len(self.weight_bits) > 1:
             params[f"{group.name}.bits"] = self.weight_bits
+        if len(self.act_bits) > 1:
+            params[f"{group.name}.act_bits"] = self.act_bits
         if len(self.smooth) > 1:
             params[f"{group.name}.smooth"] = self.smooth
         return params
@@ -150,13 +160,14 @@ class SearchSpace:
             if action not in g.choices and g.name not in fixed:
                 raise AutoselectError(f"group {g.name}: action {action!r} is not among its choices {g.choices}")
             bits = params.get(f"{g.name}.bits", self.weight_bits[0])
+            act_bits = params.get(f"{g.name}.act_bits", self.act_bits[0])
             smooth = bool(params.get(f"{g.name}.smooth", self.smooth[0]))
             if action == "fp32":
                 act = LayerAction(kind="fp32")
             else:
                 kind, a = {"freeze": ("freeze", None), "qat": ("qat", None), "qat_sym": ("qat", "sym"),
                            "qat_asym": ("qat", "asym")}[action]
-                act = LayerAction(kind=kind, act=a, weight_bits=bits, smooth=smooth)
+                act = LayerAction(kind=kind, act=a, weight_bits=bits, act_bits=act_bits, smooth=smooth)
             for path in g.layers:
                 layers[path] = act
         return Plan(layers=layers, target=target, model=model, provenance=dict(provenance or {}))
@@ -166,7 +177,8 @@ class SearchSpace:
 
 
 _KINDS: dict[str, tuple[type, ...]] = {"models": (str,), "actions": (str,), "together": (str,), "smooth": (bool,),
-                                       "weight_bits": (int, type(None)), "roles": (str,)}
+                                       "weight_bits": (int, type(None)), "act_bits": (int, type(None)),
+                                       "roles": (str,)}
 
 
 def _tuple(value: Any, where: str, what: str) -> tuple[Any, ...]:
@@ -207,7 +219,7 @@ def _parse(obj: Any, source: str) -> SearchSpace:
         raise AutoselectError(f"{where}: prior takes {', '.join(sorted(_PRIOR_FIELDS))}")
     kw: dict[str, Any] = {"name": _text(obj, "name", where, Path(source).stem), "source": source,
                           "description": _text(obj, "description", where, "")}
-    for key in ("models", "actions", "together", "weight_bits", "smooth"):
+    for key in ("models", "actions", "together", "weight_bits", "act_bits", "smooth"):
         if key in obj:
             kw[key] = _tuple(obj[key], where, key)
     if "target" in obj:

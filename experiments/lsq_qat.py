@@ -2,8 +2,9 @@
 
 Each regime's calibrated model (every post-training method its defaults give a bare plan: equalization, MSE
 ranges, AdaRound below 5 bits, bias correction) is made once; every variant then starts from a copy of it, so the
-PTQ start is the same for all of them and is reported beside each. Variants are ``NAME:LEARN:LR[:STEP_LR]`` with
-LEARN ``lsq`` (learned steps, the plan default) or ``fixed`` (``learn_scales: false``).
+PTQ start is the same for all of them and is reported beside each. Variants are ``LEARN:LR[:STEP_LR[:DISTILL]]``
+with LEARN ``lsq`` (learned steps, the plan default) or ``fixed`` (``learn_scales: false``) and DISTILL the weight
+of distillation from the FP32 model (0: labels only; 1: the FP32 model's outputs only).
 
     python experiments/lsq_qat.py --regimes w5pt --variants fixed:0.01 lsq:0.01 lsq:0.001 --seeds 0 \
         --out experiments/results/lsq_qat_w5pt.json
@@ -28,11 +29,12 @@ REGIMES = {"w8pt": ("generic-pt", 8), "w5pt": ("generic-pt", 5), "w4pt": ("gener
            "w4pc": ("generic", 4)}
 
 
-def _variant(text: str) -> tuple[str, bool, float, float]:
+def _variant(text: str) -> tuple[str, bool, float, float, float]:
     parts = text.split(":")
     learn, lr = parts[0] == "lsq", float(parts[1])
     step_lr = float(parts[2]) if len(parts) > 2 else 1e-3
-    return text, learn, lr, step_lr
+    distill = float(parts[3]) if len(parts) > 3 else 0.0
+    return text, learn, lr, step_lr, distill
 
 
 def main() -> None:
@@ -63,18 +65,20 @@ def main() -> None:
         calib_s = time.perf_counter() - t0
         frozen = accuracy(base, test.batches(500))  # the frozen PTQ (bias correction kept as a correction)
         print(f"{regime}: PTQ (all frozen) {frozen:.2f}% after {calib_s:.0f} s of calibration", flush=True)
-        for text, learn, lr, step_lr in map(_variant, args.variants):
+        for text, learn, lr, step_lr, distill in map(_variant, args.variants):
             for seed in args.seeds:
                 plan = Plan(layers={"_default": LayerAction(kind="qat", weight_bits=bits, learn_scales=learn)},
                             target=target)
                 _, actions = plan_specs(plan, graph)
                 q = finish_plan(copy.deepcopy(base), plan, actions, graph)
                 start = accuracy(q, test.batches(500))
-                cfg = QATConfig(steps=args.steps, batch_size=args.batch_size, lr=lr, step_lr=step_lr, seed=seed)
+                cfg = QATConfig(steps=args.steps, batch_size=args.batch_size, lr=lr, step_lr=step_lr, seed=seed,
+                                distill=distill)
                 t = time.perf_counter()
-                res = train_qat(q, train, test, cfg)
+                res = train_qat(q, train, test, cfg, teacher=lm.model if distill else None)
                 row = {"regime": regime, "variant": text, "learn_scales": learn, "lr": lr, "step_lr": step_lr,
-                       "seed": seed, "ptq_frozen_top1": frozen, "qat_start_top1": start, "qat_top1": res.top1,
+                       "distill": distill, "seed": seed, "ptq_frozen_top1": frozen, "qat_start_top1": start,
+                       "qat_top1": res.top1,
                        "gain_over_start": (res.top1 or 0) - start, "train_s": time.perf_counter() - t,
                        "retrained_pct": 100 * retrained_fraction(q), "calib_s": calib_s,
                        "first_loss": res.history[0]["loss"], "last_loss": res.history[-1]["loss"]}

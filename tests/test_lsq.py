@@ -69,7 +69,8 @@ def test_training_the_step_from_a_bad_start_reaches_the_mse_range():
 
 def test_asymmetric_grid_is_learned_and_returned_on_the_integer_grid():
     """An 8-bit activation grid whose zero-point sits mid-grid (half its levels below zero) clips the top half of a
-    ReLU-like input; Adam on the error (the trainer's optimizer for grids) moves the grid so that the error falls over 100x, and
+    ReLU-like input; Adam on the error (the trainer's optimizer for grids) moves the grid so that the error falls
+    over 100x, and
     the zero-point given back is an integer in [0, 255] that moved from the start."""
     g = torch.Generator().manual_seed(1)
     x = torch.relu(torch.randn(64, 256, generator=g)) * 2

@@ -38,6 +38,10 @@ def test_shorthands_and_bad_plans(tmp_path):
         ({"version": 1, "layers": {"x": "train"}}, "unknown action 'train'"),
         ({"version": 1, "layers": {"x": {"action": "qat", "bits": 4}}}, "unknown field(s) bits"),
         ({"version": 1, "layers": {"x": {"action": "qat", "weight_bits": 12}}}, "weight_bits must be"),
+        ({"version": 1, "layers": {"x": {"action": "qat", "act_bits": 3}}}, "act_bits must be an integer from 4 to 8"),
+        ({"version": 1, "layers": {"x": {"action": "fp32", "act_bits": 4}}}, "fp32 action takes no"),
+        ({"version": 1, "layers": {"x": {"action": "freeze", "learn_scales": True}}}, "qat (retrained) layers only"),
+        ({"version": 1, "layers": {"x": {"action": "qat", "learn_scales": "yes"}}}, "'learn_scales' must be true"),
         ({"version": 1, "layers": {"x": {"action": "qat_sym", "act": "asym"}}}, "contradicts"),
         ({"version": 1, "layers": {"x": "freeze"}, "extra": 1}, "unknown field(s) extra"),
     ]
@@ -83,7 +87,8 @@ def test_apply_plan_freezes_all_but_qat_layers(tiny, batches):
     weights = sum(layers[p].layer.weight.numel() + layers[p].layer.bias.numel() for p in trainable_layers(q))
     expected = weights / sum(p.numel() for p in tiny.parameters())
     assert retrained_fraction(q) == pytest.approx(expected) and 0 < expected < 0.5
-    steps = [p for p in trainable_layers(q) if layers[p].weight_learner is not None and layers[p].act_learner is not None]
+    steps = [p for p in trainable_layers(q)
+             if layers[p].weight_learner is not None and layers[p].act_learner is not None]
     assert steps == trainable_layers(q) and all(x.requires_grad for p in steps for x in layers[p].parameters())
     assert all(layer.act_calibrated for layer in layers.values() if layer.spec is not None)
 
@@ -161,3 +166,22 @@ def test_readme_example_plan_is_valid(tmp_path):
     spec = layers["features.16.conv.0.0"].spec
     assert spec is not None and spec.smooth and spec.act is not None and not spec.act.symmetric
     assert "features.16.conv.0.0" in trainable_layers(q)
+
+
+def test_activation_bits_below_8_are_simulated_on_generic_targets_only(tiny, batches):
+    """``act_bits`` sets a layer's input grid (4-8 bits; an MSE range below 8 unless the plan names the act
+    observer); a deployable target refuses it in one line; the plan round-trips it."""
+    plan = Plan(layers={"role:depthwise": LayerAction(kind="qat", act_bits=4), "_default": LayerAction(act_bits=6)})
+    layers = quant_layers(apply_plan(tiny, plan, batches))
+    dw, stem = layers["blocks.0.conv.3"].spec, layers["stem.0"].spec
+    assert dw is not None and dw.act is not None and dw.act.bits == 4 and dw.act.observer == "mse"
+    assert stem is not None and stem.act is not None and stem.act.bits == 6
+    assert layers["blocks.0.conv.3"].act_qparams()[1] <= 15  # the zero-point lies on the 4-bit grid
+    named = Plan(layers={"_default": LayerAction(act_bits=4)}, observers={"act": "minmax"})
+    assert quant_layers(apply_plan(tiny, named, batches))["stem.0"].spec.act.observer == "minmax"
+    eight = quant_layers(apply_plan(tiny, Plan(layers={"_default": LayerAction()}), batches))["stem.0"].spec
+    assert eight.act.bits == 8 and eight.act.observer == "minmax"
+    with pytest.raises(AutoselectError, match="4-bit activations cannot run on target x86"):
+        apply_plan(tiny, Plan(layers={"_default": LayerAction(act_bits=4)}, target="x86"), batches)
+    assert LayerAction.from_json(LayerAction(kind="qat", act_bits=5).to_json(), "x") == LayerAction(kind="qat",
+                                                                                                   act_bits=5)

@@ -276,3 +276,26 @@ def test_baseline_trained_by_the_search_never_sees_the_validation_images(tmp_pat
     assert len(fit) == len(every) - 150
     fit_rows = {bytes(x.numpy()) for x in fit.images}
     assert not any(bytes(x.numpy()) in fit_rows for x in val.images)
+
+
+def test_no_train_searches_bit_widths_under_a_model_size_limit(tmp_path, capsys):
+    """``--no-train`` drops the QAT actions: every trial retrains nothing, and what is chosen is each group's
+    bit-width; trials.csv has each trial's calibration and training seconds and its deployed size, and
+    ``--max-model-mb`` keeps only trials at or below that size."""
+    space = tmp_path / "space.yaml"
+    space.write_text("version: 1\nname: bits\ntarget: generic-pt\nactions: [freeze, qat]\nweight_bits: [4, 8]\n")
+    out = tmp_path / "s"
+    assert _run(out, "--space", str(space), "--no-train", "--trials", "5") == 0
+    trials = pd.read_csv(out / "trials.csv")
+    done = trials[trials["state"] == "complete"]
+    assert (done["retrained"] == 0).all() and (done["train_seconds"] == 0).all()
+    assert done["calib_seconds"].notna().all() and (done["calib_seconds"] >= 0).all()
+    assert done["calib_seconds"].max() > 0  # at least one configuration was calibrated in a trial
+    assert done["size_mb"].nunique() > 1  # the bit-widths differ between trials, and so do the sizes
+    limit = float(done["size_mb"].min())
+    capsys.readouterr()
+    assert _run(out, "--space", str(space), "--no-train", "--trials", "5", "--resume",
+                "--max-model-mb", str(limit + 1e-9)) == 0
+    chosen = json.loads((out / "summary.json").read_text())["chosen_trial"]
+    assert float(trials.set_index("trial").loc[chosen, "size_mb"]) <= limit + 1e-9
+    assert all(a.kind == "freeze" for a in load_plan(out / "plan.json").layers.values())

@@ -71,6 +71,11 @@ def test_plan_from_parameters():
     assert plan.layers["b1.p"].kind == "fp32" and plan.layers["fc"].kind == "freeze"
     with pytest.raises(AutoselectError, match="not among its choices"):
         space.plan(groups, {"b0.action": "qat"}, target="generic")
+    acts = SearchSpace(name="t", act_bits=(8, 4))
+    groups = acts.groups(LAYERS)
+    assert acts.parameters({g.name: g for g in groups}["b0"])["b0.act_bits"] == (8, 4)
+    plan = acts.plan(groups, {"b0.action": "qat", "b0.act_bits": 4}, target="generic")
+    assert plan.layers["b0.d"].act_bits == 4 and plan.layers["stem"].act_bits == 8
 
 
 @pytest.mark.parametrize("text, message", [
@@ -78,6 +83,7 @@ def test_plan_from_parameters():
     ("version: 1\nactionz: [freeze]\n", "unknown field"),
     ("version: 1\nactions: [freeze, retrain]\n", "unknown action 'retrain'"),
     ("version: 1\nweight_bits: [4, 12]\n", "weight_bits must be integers from 2 to 8"),
+    ("version: 1\nact_bits: [8, 2]\n", "act_bits must be integers from 4 to 8"),
     ("version: 1\nactions: []\n", "actions is empty"),
     ("version: 1\nprior: {budgets: [2]}\n", "prior.budgets"),
     ("version: 1\nprior: {warm: 3}\n", "prior takes"),
@@ -100,6 +106,7 @@ def test_missing_space_names_the_builtins():
     (SearchSpace(name="s", actions=("freeze", "qat_sym")), "x86", "signed activations"),
     (SearchSpace(name="s", actions=("freeze", "qat_asym")), "tensorrt", "asymmetric activations"),
     (SearchSpace(name="s", weight_bits=(4, 8)), "x86", "4-bit weights cannot run on target x86"),
+    (SearchSpace(name="s", act_bits=(4, 8)), "qnnpack", "4-bit activations cannot run on target qnnpack"),
 ])
 def test_spaces_offering_what_the_target_cannot_run_are_refused(space, target, message):
     with pytest.raises(AutoselectError, match=message):

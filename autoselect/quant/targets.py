@@ -36,13 +36,18 @@ class Target:
     signed_act_ok: bool = True  # whether a plan may ask for symmetric (signed) activations
 
     def spec(self, *, weight_bits: int | None = None, weight_observer: str = "minmax",
-             act_observer: str = "minmax", per_channel: bool | None = None) -> QuantSpec:
-        """The target's quantizer; ``weight_bits``/``per_channel`` override it for simulation studies.
+             act_observer: str = "minmax", per_channel: bool | None = None, act_bits: int | None = None) -> QuantSpec:
+        """The target's quantizer; ``weight_bits``/``per_channel``/``act_bits`` override it for simulation studies
+        (activations at other than the target's bits: the simulation-only ``generic`` targets only).
 
         Deployable targets also quantize each layer's output, as their integer kernels do; the simulation-only
         ``generic`` targets quantize layer inputs and weights only (the profiler's default, and its cost floor).
         """
-        act = TensorQuant(bits=self.act_bits, symmetric=self.act_symmetric, observer=act_observer, pot=self.pot)
+        if act_bits is not None and act_bits != self.act_bits and not self.name.startswith("generic"):
+            raise AutoselectError(f"{act_bits}-bit activations cannot run on target {self.name} (it runs "
+                                  f"{self.act_bits}-bit; lower bit-widths are simulated on the generic targets only)")
+        act = TensorQuant(bits=act_bits or self.act_bits, symmetric=self.act_symmetric, observer=act_observer,
+                          pot=self.pot)
         return QuantSpec(
             weight=TensorQuant(
                 bits=weight_bits or self.weight_bits[-1],

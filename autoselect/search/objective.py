@@ -21,7 +21,7 @@ from autoselect.errors import AutoselectError
 from autoselect.evaluate import accuracy
 from autoselect.models.graph import LayerGraph
 from autoselect.plan import Plan
-from autoselect.quant.apply import calibrated_model, finish_plan, plan_specs, retrained_fraction
+from autoselect.quant.apply import calibrated_model, finish_plan, plan_specs, quantized_size_bytes, retrained_fraction
 from autoselect.search.latency import LatencyModel
 from autoselect.train.qat import QATConfig, train_qat
 
@@ -66,6 +66,9 @@ class Outcome:
     steps: int
     seconds: float
     history: list[tuple[int, float]]
+    calib_seconds: float = 0.0  # calibration and post-training methods (0 when the configuration was cached)
+    train_seconds: float = 0.0  # the QAT proxy, its evaluations included
+    size_mb: float = 0.0  # deployed weights at each layer's bit-width (autoselect.quant.apply.quantized_size_bytes)
 
 
 class TrialEvaluator:
@@ -87,6 +90,7 @@ class TrialEvaluator:
         # (``ptq_cache`` passes one evaluator's cache to another: the Ray backend's trials start from the driver's)
         self._ptq_top1: dict[str, float] = dict(ptq_cache or {})
         self._calibrated: dict[str, nn.Module] = {}
+        self.calib_seconds = 0.0  # spent by _base in calibration and post-training methods, all calls together
 
     def val_top1(self, model: nn.Module) -> float:
         return accuracy(model, self.val.batches(256, device=self.device), device=self.device)
@@ -102,8 +106,10 @@ class TrialEvaluator:
         key = repr(sorted(specs.items()))
         base = self._calibrated.pop(key, None)
         if base is None:
+            t0 = time.perf_counter()
             base = calibrated_model(self.model, specs, self.graph, self.calib.batches(128, device=self.device),
                                     target=plan.target, device=self.device)
+            self.calib_seconds += time.perf_counter() - t0
         self._calibrated[key] = base  # most recently used last
         while len(self._calibrated) > CALIBRATED_CACHE:
             self._calibrated.pop(next(iter(self._calibrated)))
@@ -127,20 +133,25 @@ class TrialEvaluator:
 
     def evaluate(self, plan: Plan, report: Callable[[int, float, float, float], bool] | None = None) -> Outcome:
         t0 = time.perf_counter()
+        calib0 = self.calib_seconds
         specs, _ = plan_specs(plan, self.graph)
         latency = self.latency(specs)
         torch.manual_seed(self.seed)
         qmodel = self.apply(plan)
         frac = retrained_fraction(qmodel)
+        size_mb = quantized_size_bytes(qmodel) / 1e6
         # step 0 is the configuration's all-frozen PTQ (a QAT layer drops its bias correction before training)
         ptq = self._step0_top1(specs, lambda: self._base(plan, specs))
         history = [(0, ptq)]
         if report is not None and report(0, ptq, frac, latency):
             raise Pruned(0, ptq)
         b = self.budget
+        calib_s = self.calib_seconds - calib0
         if frac == 0.0 or b.steps == 0:
             return Outcome(top1=ptq, retrained=frac, latency=latency, ptq_top1=ptq, steps=0,
-                           seconds=time.perf_counter() - t0, history=history)
+                           seconds=time.perf_counter() - t0, history=history, calib_seconds=calib_s,
+                           size_mb=size_mb)
+        t_train = time.perf_counter()
         pruned: list[Pruned] = []
 
         def callback(step: int) -> bool:
@@ -164,7 +175,8 @@ class TrialEvaluator:
         if report is not None:
             report(b.steps, top1, frac, latency)
         return Outcome(top1=top1, retrained=frac, latency=latency, ptq_top1=ptq, steps=b.steps,
-                       seconds=time.perf_counter() - t0, history=history)
+                       seconds=time.perf_counter() - t0, history=history, calib_seconds=calib_s,
+                       train_seconds=time.perf_counter() - t_train, size_mb=size_mb)
 
 
 def measure_export_latency(model: nn.Module, graph: LayerGraph, calibration: Iterable, *, target: str,

@@ -155,7 +155,7 @@ def run_optuna(
             if t.user_attrs.get("key") == key:
                 trial.set_user_attr("key", key)
                 trial.set_user_attr("duplicate_of", t.number)
-                for k in ("history", "ptq_top1", "steps"):
+                for k in ("history", "ptq_top1", "steps", "size_mb"):
                     if k in t.user_attrs:
                         trial.set_user_attr(k, t.user_attrs[k])
                 trial.set_user_attr("seconds", 0.0)
@@ -180,6 +180,9 @@ def run_optuna(
         trial.set_user_attr("key", key)
         trial.set_user_attr("ptq_top1", out.ptq_top1)
         trial.set_user_attr("seconds", out.seconds)
+        trial.set_user_attr("calib_seconds", out.calib_seconds)
+        trial.set_user_attr("train_seconds", out.train_seconds)
+        trial.set_user_attr("size_mb", out.size_mb)
         trial.set_user_attr("steps", out.steps)
         return out.top1, out.retrained, out.latency
 
@@ -238,11 +241,13 @@ def trials_frame(study: optuna.Study) -> pd.DataFrame:
             top1 = retrained = latency = None
         rows.append({"trial": t.number, "state": t.state.name.lower(), "top1": top1, "retrained": retrained,
                      "latency": latency, "ptq_top1": t.user_attrs.get("ptq_top1"),
-                     "seconds": t.user_attrs.get("seconds"), "source": t.user_attrs.get("source", "sampler"),
+                     "seconds": t.user_attrs.get("seconds"), "calib_seconds": t.user_attrs.get("calib_seconds"),
+                     "train_seconds": t.user_attrs.get("train_seconds"), "size_mb": t.user_attrs.get("size_mb"),
+                     "source": t.user_attrs.get("source", "sampler"),
                      "duplicate_of": t.user_attrs.get("duplicate_of"), "retry_of": t.user_attrs.get("retry_of"),
                      "interrupted": bool(t.user_attrs.get("interrupted", False)),
                      "retries": t.user_attrs.get("retries", 0),
                      "node": t.user_attrs.get("node"), "params": json.dumps(t.params, sort_keys=True)})
     return pd.DataFrame(rows, columns=["trial", "state", "top1", "retrained", "latency", "ptq_top1", "seconds",
-                                       "source", "duplicate_of", "retry_of", "interrupted", "retries", "node",
+                                       "calib_seconds", "train_seconds", "size_mb", "source", "duplicate_of", "retry_of", "interrupted", "retries", "node",
                                        "params"])

@@ -67,11 +67,14 @@ def _area(pts: np.ndarray, ref: np.ndarray) -> float:
 class Constraints:
     """Limits on the emitted plan. ``max_accuracy_drop``: points of top-1 below the FP32 model on the same
     validation images; ``max_retrained``: a fraction; ``max_latency``: in the study's latency unit.
-    ``tolerance``: among feasible trials within this many points of the best, the one retraining least wins."""
+    ``max_model_mb``: deployed weights in MB (each layer's weights at its bit-width, biases and scales; the
+    trials' ``size_mb``). ``tolerance``: among feasible trials within this many points of the best, the one
+    retraining least wins."""
 
     max_accuracy_drop: float | None = None
     max_retrained: float | None = None
     max_latency: float | None = None
+    max_model_mb: float | None = None
     tolerance: float = 0.5
 
     def feasible(self, df: pd.DataFrame, fp32_top1: float) -> np.ndarray:
@@ -82,6 +85,9 @@ class Constraints:
             ok &= df["retrained"].to_numpy(float) <= self.max_retrained
         if self.max_latency is not None:
             ok &= df["latency"].to_numpy(float) <= self.max_latency
+        if self.max_model_mb is not None:
+            size = df["size_mb"].to_numpy(float) if "size_mb" in df else np.full(len(df), np.nan)
+            ok &= size <= self.max_model_mb  # a trial without a measured size (NaN) is not feasible
         return ok
 
 

@@ -131,7 +131,8 @@ def _trainable(config: dict[str, Any], setup: TrialSetup, latency: Any) -> None:
 
     out = evaluator.evaluate(setup.make_plan(config), report)
     tune.report({"step": out.steps, "top1": out.top1, "retrained": out.retrained, "latency": out.latency,
-                 "final": True, "ptq_top1": out.ptq_top1, "seconds": out.seconds, "steps": out.steps, "node": node})
+                 "final": True, "ptq_top1": out.ptq_top1, "seconds": out.seconds, "steps": out.steps, "node": node,
+                 "calib_seconds": out.calib_seconds, "train_seconds": out.train_seconds, "size_mb": out.size_mb})
 
 
 class _StudySearch(OptunaSearch):
@@ -172,7 +173,7 @@ class _StudySearch(OptunaSearch):
             self.on_trial_result(trial_id, result)
         if result and result.get("final") and not error:
             t.set_user_attr("key", json.dumps(t.params, sort_keys=True))
-            for k in ("ptq_top1", "seconds", "steps"):
+            for k in ("ptq_top1", "seconds", "steps", "calib_seconds", "train_seconds", "size_mb"):
                 if k in result:
                     t.set_user_attr(k, result[k])
         elif result and "top1" in result and not error:  # stopped by the scheduler

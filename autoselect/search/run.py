@@ -57,6 +57,8 @@ class SearchConfig:
     input_size: int | None = None
     target: str | None = None  # default: the space's
     weight_bits: int | None = None
+    act_bits: int | None = None  # 4-8 for every quantized layer (generic targets: simulation only)
+    no_train: bool = False  # post-training choices only (freeze / fp32, bit-widths): nothing is retrained
     space: str | None = None  # file or built-in name; default: the model family's
     trials: int = 24
     proxy: ProxyBudget = field(default_factory=ProxyBudget)
@@ -133,12 +135,25 @@ def _prepare(cfg: SearchConfig, out: Path):
                    splits=("train",), seed=cfg.seed)
 
 
+def post_training_only(space: SearchSpace) -> SearchSpace:
+    """``space`` without its QAT actions, for users who cannot retrain: what is left to choose is freeze or FP32 and
+    the bit-widths, each frozen layer getting the default post-training methods."""
+    def keep(actions: tuple[str, ...]) -> tuple[str, ...]:
+        return tuple(a for a in actions if not a.startswith("qat")) or ("freeze",)
+
+    return replace(space, actions=keep(space.actions), roles={r: keep(a) for r, a in space.roles.items()})
+
+
 def _space(cfg: SearchConfig, target_name: str | None) -> tuple[SearchSpace, Any]:
     from autoselect.quant.targets import get_target
 
     space = load_space(cfg.space) if cfg.space else find_space(cfg.model)
     if cfg.weight_bits is not None:
         space = replace(space, weight_bits=(cfg.weight_bits,))
+    if cfg.act_bits is not None:
+        space = replace(space, act_bits=(cfg.act_bits,))
+    if cfg.no_train:
+        space = post_training_only(space)
     target = get_target(target_name or space.target)
     space.check_target(target)
     return space, target
@@ -209,7 +224,7 @@ def _search(cfg: SearchConfig, prepared: Any = None) -> SearchResult:
     # 1. the profile (reused when out/profile holds one)
     t0 = time.perf_counter()
     prof_dir = out / "profile"
-    spec = target.spec(weight_bits=cfg.weight_bits)
+    spec = target.spec(weight_bits=cfg.weight_bits, act_bits=cfg.act_bits)
     if (prof_dir / "summary.json").is_file():
         report = SensitivityReport.load(prof_dir)
         _say(cfg, f"profile: reusing {prof_dir}")
