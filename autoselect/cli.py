@@ -117,6 +117,8 @@ def _parser() -> argparse.ArgumentParser:
                    help="peak SGD learning rate of the weights (after warm-up; 0.01 before learned steps)")
     p.add_argument("--step-lr", type=float, default=1e-3,
                    help="peak Adam rate of the learned quantizer steps and zero-points (LSQ; plans' learn_scales)")
+    p.add_argument("--distill", type=float, default=0.0,
+                   help="weight of distillation from the FP32 model, 0-1 (1: its outputs only, labels unused)")
     p.add_argument("--warmup-steps", type=NONNEG, default=20)
     p.add_argument("--schedule", default="cosine", choices=["cosine", "step"])
     p.add_argument("--calib-images", type=POS, default=1024, help="calibration images from the train split")
@@ -359,7 +361,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     cfg = QATConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr, step_lr=args.step_lr,
                     warmup_steps=args.warmup_steps,
                     schedule=args.schedule, checkpoint=str(out / "qat.pt"), checkpoint_every=args.checkpoint_every,
-                    seed=args.seed)
+                    seed=args.seed, distill=args.distill)
     if args.resume and not (out / "qat.pt").is_file():
         raise AutoselectError(f"nothing to resume: {out / 'qat.pt'} does not exist")
     prep = _prepare(args, train_images=args.train_images, test_images=args.eval_images)
@@ -374,7 +376,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
                         input_shape=(1, 3, size, size), device=device)
     frac = retrained_fraction(qmodel)
     ptq = None if args.resume else accuracy(qmodel, prep.test.batches(512, device=device), device=device)
-    res = train_qat(qmodel, prep.train, prep.test, cfg, resume=args.resume, device=device, progress=not args.quiet)
+    res = train_qat(qmodel, prep.train, prep.test, cfg, resume=args.resume, device=device, progress=not args.quiet,
+                    teacher=lm.model if args.distill > 0 else None)
     summary = {"plan": args.plan, "model": args.model, "target": plan.target, "retrained_fraction": frac,
                "steps": res.steps, "resumed_from": res.resumed_from, "ptq_top1": ptq, "int8_top1_simulated": res.top1,
                "test_images": len(prep.test)}

@@ -37,11 +37,26 @@ def _variant(text: str) -> tuple[str, bool, float, float, float]:
     return text, learn, lr, step_lr, distill
 
 
+def _plan(name: str, bits: int, act_bits: int | None, learn: bool, target: str) -> Plan:
+    """``full`` (every layer retrained) or ``roles:R1+R2`` (the layers of those roles retrained, the rest frozen),
+    every layer at the regime's bits and the target's activations."""
+    qat = LayerAction(kind="qat", weight_bits=bits, act_bits=act_bits, learn_scales=learn)
+    if name == "full":
+        return Plan(layers={"_default": qat}, target=target)
+    if not name.startswith("roles:"):
+        raise SystemExit(f"--plans takes 'full' or 'roles:R1+R2', got {name!r}")
+    layers = {f"role:{r}": qat for r in name[len("roles:"):].split("+")}
+    return Plan(layers={**layers, "_default": LayerAction(weight_bits=bits, act_bits=act_bits)}, target=target)
+
+
 def main() -> None:
     ap = reference_parser(__doc__, "lsq_qat.json")
     ap.add_argument("--regimes", nargs="+", default=["w5pt"], choices=list(REGIMES))
     ap.add_argument("--variants", nargs="+", default=["fixed:0.01", "lsq:0.01", "lsq:0.001"])
     ap.add_argument("--seeds", nargs="+", type=int, default=[0])
+    ap.add_argument("--plans", nargs="+", default=["full"],
+                    help="'full' (every layer retrained) or 'roles:R1+R2' (those roles retrained, the rest frozen)")
+    ap.add_argument("--act-bits", type=int, default=None, help="activation bits of every layer (default: 8)")
     ap.add_argument("--steps", type=int, default=300)
     ap.add_argument("--batch-size", type=int, default=128)
     ap.add_argument("--test-images", type=int, default=None, help="default: all 10,000")
@@ -56,37 +71,40 @@ def main() -> None:
     fp32 = accuracy(lm.model, test.batches(500))
     print(f"FP32 {fp32:.2f}% on {len(test)} test images; {args.steps} steps x {args.batch_size}", flush=True)
     rows = []
+    bases: dict[str, tuple] = {}  # one calibrated model per quantization configuration (AdaRound takes minutes)
     for regime in args.regimes:
         target, bits = REGIMES[regime]
-        base_plan = Plan(layers={"_default": LayerAction(kind="qat", weight_bits=bits)}, target=target)
-        specs, _ = plan_specs(base_plan, graph)
-        t0 = time.perf_counter()
-        base = calibrated_model(lm.model, specs, graph, calib.batches(128), target=target)
-        calib_s = time.perf_counter() - t0
-        frozen = accuracy(base, test.batches(500))  # the frozen PTQ (bias correction kept as a correction)
-        print(f"{regime}: PTQ (all frozen) {frozen:.2f}% after {calib_s:.0f} s of calibration", flush=True)
-        for text, learn, lr, step_lr, distill in map(_variant, args.variants):
-            for seed in args.seeds:
-                plan = Plan(layers={"_default": LayerAction(kind="qat", weight_bits=bits, learn_scales=learn)},
-                            target=target)
-                _, actions = plan_specs(plan, graph)
-                q = finish_plan(copy.deepcopy(base), plan, actions, graph)
-                start = accuracy(q, test.batches(500))
-                cfg = QATConfig(steps=args.steps, batch_size=args.batch_size, lr=lr, step_lr=step_lr, seed=seed,
-                                distill=distill)
-                t = time.perf_counter()
-                res = train_qat(q, train, test, cfg, teacher=lm.model if distill else None)
-                row = {"regime": regime, "variant": text, "learn_scales": learn, "lr": lr, "step_lr": step_lr,
-                       "distill": distill, "seed": seed, "ptq_frozen_top1": frozen, "qat_start_top1": start,
-                       "qat_top1": res.top1,
-                       "gain_over_start": (res.top1 or 0) - start, "train_s": time.perf_counter() - t,
-                       "retrained_pct": 100 * retrained_fraction(q), "calib_s": calib_s,
-                       "first_loss": res.history[0]["loss"], "last_loss": res.history[-1]["loss"]}
-                rows.append(row)
-                print(json.dumps({k: round(v, 3) if isinstance(v, float) else v for k, v in row.items()}), flush=True)
-                save_result(args.out, {"date": date.today().isoformat(), "fp32_top1": fp32, "steps": args.steps,
-                                       "batch_size": args.batch_size, "calib_images": 1024,
-                                       "test_images": len(test), "rows": rows})
+        runs = [(v, n, s) for v in map(_variant, args.variants) for n in args.plans for s in args.seeds]
+        for (text, learn, lr, step_lr, distill), name, seed in runs:
+            plan = _plan(name, bits, args.act_bits, learn, target)
+            specs, actions = plan_specs(plan, graph)
+            key = repr(sorted(specs.items()))
+            if key not in bases:
+                t0 = time.perf_counter()
+                base = calibrated_model(lm.model, specs, graph, calib.batches(128), target=target)
+                calib_s = time.perf_counter() - t0
+                frozen = accuracy(base, test.batches(500))  # the frozen PTQ (bias correction kept as a correction)
+                print(f"{regime} {name}: PTQ (all frozen) {frozen:.2f}% after {calib_s:.0f} s of calibration",
+                      flush=True)
+                bases[key] = (base, calib_s, frozen)
+            base, calib_s, frozen = bases[key]
+            q = finish_plan(copy.deepcopy(base), plan, actions, graph)
+            start = accuracy(q, test.batches(500))
+            cfg = QATConfig(steps=args.steps, batch_size=args.batch_size, lr=lr, step_lr=step_lr, seed=seed,
+                            distill=distill)
+            t = time.perf_counter()
+            res = train_qat(q, train, test, cfg, teacher=lm.model if distill else None)
+            row = {"regime": regime, "plan": name, "act_bits": args.act_bits or 8, "variant": text,
+                   "learn_scales": learn, "lr": lr, "step_lr": step_lr, "distill": distill, "seed": seed,
+                   "ptq_frozen_top1": frozen, "qat_start_top1": start, "qat_top1": res.top1,
+                   "gain_over_start": (res.top1 or 0) - start, "train_s": time.perf_counter() - t,
+                   "retrained_pct": 100 * retrained_fraction(q), "calib_s": calib_s,
+                   "first_loss": res.history[0]["loss"], "last_loss": res.history[-1]["loss"]}
+            rows.append(row)
+            print(json.dumps({k: round(v, 3) if isinstance(v, float) else v for k, v in row.items()}), flush=True)
+            save_result(args.out, {"date": date.today().isoformat(), "fp32_top1": fp32, "steps": args.steps,
+                                   "batch_size": args.batch_size, "calib_images": 1024,
+                                   "test_images": len(test), "rows": rows})
 
 
 if __name__ == "__main__":

@@ -19,6 +19,7 @@ import pandas as pd
 
 from autoselect._io import atomic_path, output_dir
 from autoselect.errors import AutoselectError
+from autoselect.quant.methods import with_defaults
 from autoselect.search.latency import LatencyModel
 from autoselect.search.objective import ProxyBudget, TrialEvaluator, measure_export_latency
 from autoselect.search.pareto import Constraints, choose, hypervolume, pareto_mask, verdict
@@ -221,10 +222,13 @@ def _search(cfg: SearchConfig, prepared: Any = None) -> SearchResult:
     train = train.subset(cfg.train_images, seed=cfg.seed)
     graph = build_layer_graph(lm.model, (1, 3, size, size))
 
-    # 1. the profile (reused when out/profile holds one)
+    # 1. the profile (reused when out/profile holds one), under the post-training methods a frozen layer gets: the
+    # prior then ranks groups by the error those methods leave, so a layer they already repair draws no QAT
     t0 = time.perf_counter()
     prof_dir = out / "profile"
-    spec = target.spec(weight_bits=cfg.weight_bits, act_bits=cfg.act_bits)
+    act_observer = "mse" if cfg.act_bits is not None and cfg.act_bits < 8 else "minmax"  # as plans' default
+    spec = with_defaults(target.spec(weight_bits=cfg.weight_bits, act_bits=cfg.act_bits, act_observer=act_observer),
+                         observer_named=False)
     if (prof_dir / "summary.json").is_file():
         report = SensitivityReport.load(prof_dir)
         _say(cfg, f"profile: reusing {prof_dir}")
