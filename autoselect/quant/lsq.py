@@ -53,7 +53,7 @@ def lsq_fake_quant(x: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tenso
     """Quantize-dequantize ``x`` on the grid of ``tq`` with a trainable ``scale`` and ``zero_point`` (a scalar, or
     one per index of dimension ``axis``); see the module docstring for the gradients."""
     s = _grad_scale(scale, grad_scale).abs().clamp(min=_EPS)
-    z = _round_ste(zero_point)
+    z = torch.clamp(_round_ste(zero_point), tq.qmin, tq.qmax)  # on the grid, as the exported zero-point is
     if s.dim():
         shape = [1] * x.dim()
         shape[axis] = -1
@@ -84,9 +84,6 @@ class LearnedQuantizer(nn.Module):
             raise ValueError(f"elements must be positive, got {elements}")
         self.tq, self.axis = tq, axis
         self.grad_scale = self._grad_scale(elements) if elements is not None else None
-        # the step is trained as its logarithm: it stays positive and an update moves it by a ratio, the same for
-        # a 3-tap stem channel's step of 0.1 as for a wide layer's 0.001 (a linear step, trained by SGD at the
-        # weights' rate, went negative on per-channel weight grids of the tiny test net)
         self.log_scale = nn.Parameter(scale.detach().clone().float().clamp(min=_EPS).log())
         zp = zero_point.detach().clone().float()
         if tq.symmetric:
@@ -119,16 +116,17 @@ class LearnedQuantizer(nn.Module):
 def learn_scales(ql: QuantLayer) -> None:
     """Give the quantized layer ``ql`` (a :class:`~autoselect.quant.layer.QuantLayer`) a learned step for its weight
     and its input activation, each started from the grid the layer has now (calibration, range observer, rounding
-    method); a tensor the layer keeps in FP32 gets none. Idempotent."""
+    method); a tensor the layer keeps in FP32 gets none, and so does a power-of-two grid (TVM), which a learned step
+    would leave. Idempotent."""
     spec = ql.spec
     if spec is None:
         return
     device = ql.layer.weight.device
-    if spec.weight is not None and ql.weight_learner is None:
+    if spec.weight is not None and not spec.weight.pot and ql.weight_learner is None:
         scale, zp = ql.weight_qparams()
         w = ql.layer.weight
         per = w[0].numel() if spec.weight.per_channel else w.numel()
         ql.weight_learner = LearnedQuantizer(spec.weight, scale, zp, elements=per).to(device)
-    if spec.act is not None and ql.act_learner is None:
+    if spec.act is not None and not spec.act.pot and ql.act_learner is None:
         scale, zp = ql.act_qparams()
         ql.act_learner = LearnedQuantizer(spec.act, scale, zp, elements=None).to(device)
