@@ -349,7 +349,10 @@ def _search(cfg: SearchConfig, prepared: Any = None) -> SearchResult:
         "constraints": asdict(cfg.constraints), "sampler": cfg.sampler, "prior": cfg.prior, "seed": cfg.seed,
         "backend": cfg.backend, "ray": ray_run.as_dict() if ray_run is not None else None,
         "seconds": {"profile": profile_s, "trials": trials_s, "total": time.perf_counter() - t_start,
-                    "trial_sum": float(df["seconds"].fillna(0).sum())},
+                    "trial_sum": float(df["seconds"].fillna(0).sum()),
+                    # calibration with the post-training methods, this run's configurations (the all-frozen
+                    # reference's before the first trial included; trials.csv has each trial's share)
+                    "calibration": evaluator.calib_seconds},
     }
     with atomic_path(out / "summary.json") as tmp:
         tmp.write_text(json.dumps(summary, indent=2) + "\n")
