@@ -151,7 +151,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--proxy-steps", type=POS, help="QAT steps per trial")
     p.add_argument("--proxy-batch", type=POS, help="batch size of the proxy")
     p.add_argument("--proxy-lr", type=float,
-                   help="peak learning rate of the proxy (lower than a full run's: it ranks plans better)")
+                   help="peak learning rate of the proxy (default 0.001, the full run's; never above it)")
     p.add_argument("--eval-every", type=POS, help="steps between intermediate evaluations")
     p.add_argument("--calib-images", type=POS, help="calibration images per trial")
     p.add_argument("--val-images", type=POS, help="held out from the train split for validation "
