@@ -2,9 +2,11 @@
 
 Each regime's calibrated model (every post-training method its defaults give a bare plan: equalization, MSE
 ranges, AdaRound below 5 bits, bias correction) is made once; every variant then starts from a copy of it, so the
-PTQ start is the same for all of them and is reported beside each. Variants are ``LEARN:LR[:STEP_LR[:DISTILL]]``
-with LEARN ``lsq`` (learned steps, the plan default) or ``fixed`` (``learn_scales: false``) and DISTILL the weight
-of distillation from the FP32 model (0: labels only; 1: the FP32 model's outputs only).
+PTQ start is the same for all of them and is reported beside each. Variants are
+``KIND:LR[:STEP_LR[:DISTILL[:WEIGHT_DECAY]]]`` with KIND ``lsq`` (learned steps, the plan default), ``fixed``
+(``learn_scales: false``) or ``steps`` (learned steps and biases only: the weights keep their post-training values,
+an experiment, not a plan action), and DISTILL the weight of distillation from the FP32 model (0: labels only; 1:
+the FP32 model's outputs only).
 
     python experiments/lsq_qat.py --regimes w5pt --variants fixed:0.01 lsq:0.01 lsq:0.001 --seeds 0 \
         --out experiments/results/lsq_qat_w5pt.json
@@ -22,6 +24,7 @@ from _common import apply_threads, reference_parser, save_result
 from autoselect import accuracy, load_images, load_model
 from autoselect.models.graph import build_layer_graph
 from autoselect.plan import LayerAction, Plan
+from autoselect.quant import quant_layers
 from autoselect.quant.apply import calibrated_model, finish_plan, plan_specs, retrained_fraction
 from autoselect.train import QATConfig, train_qat
 
@@ -29,12 +32,15 @@ REGIMES = {"w8pt": ("generic-pt", 8), "w5pt": ("generic-pt", 5), "w4pt": ("gener
            "w4pc": ("generic", 4)}
 
 
-def _variant(text: str) -> tuple[str, bool, float, float, float]:
+def _variant(text: str) -> tuple[str, str, float, float, float, float]:
     parts = text.split(":")
-    learn, lr = parts[0] == "lsq", float(parts[1])
+    kind, lr = parts[0], float(parts[1])
+    if kind not in ("lsq", "fixed", "steps"):
+        raise SystemExit(f"variant kind must be lsq, fixed or steps, got {kind!r}")
     step_lr = float(parts[2]) if len(parts) > 2 else 1e-3
     distill = float(parts[3]) if len(parts) > 3 else 0.0
-    return text, learn, lr, step_lr, distill
+    wd = float(parts[4]) if len(parts) > 4 else 5e-4
+    return text, kind, lr, step_lr, distill, wd
 
 
 def _plan(name: str, bits: int, act_bits: int | None, learn: bool, target: str) -> Plan:
@@ -75,8 +81,8 @@ def main() -> None:
     for regime in args.regimes:
         target, bits = REGIMES[regime]
         runs = [(v, n, s) for v in map(_variant, args.variants) for n in args.plans for s in args.seeds]
-        for (text, learn, lr, step_lr, distill), name, seed in runs:
-            plan = _plan(name, bits, args.act_bits, learn, target)
+        for (text, kind, lr, step_lr, distill, wd), name, seed in runs:
+            plan = _plan(name, bits, args.act_bits, kind != "fixed", target)
             specs, actions = plan_specs(plan, graph)
             key = repr(sorted(specs.items()))
             if key not in bases:
@@ -89,13 +95,16 @@ def main() -> None:
                 bases[key] = (base, calib_s, frozen)
             base, calib_s, frozen = bases[key]
             q = finish_plan(copy.deepcopy(base), plan, actions, graph)
+            if kind == "steps":
+                for layer in quant_layers(q).values():
+                    layer.layer.weight.requires_grad_(False)
             start = accuracy(q, test.batches(500))
             cfg = QATConfig(steps=args.steps, batch_size=args.batch_size, lr=lr, step_lr=step_lr, seed=seed,
-                            distill=distill)
+                            distill=distill, weight_decay=wd)
             t = time.perf_counter()
             res = train_qat(q, train, test, cfg, teacher=lm.model if distill else None)
             row = {"regime": regime, "plan": name, "act_bits": args.act_bits or 8, "variant": text,
-                   "learn_scales": learn, "lr": lr, "step_lr": step_lr, "distill": distill, "seed": seed,
+                   "kind": kind, "weight_decay": wd, "lr": lr, "step_lr": step_lr, "distill": distill, "seed": seed,
                    "ptq_frozen_top1": frozen, "qat_start_top1": start, "qat_top1": res.top1,
                    "gain_over_start": (res.top1 or 0) - start, "train_s": time.perf_counter() - t,
                    "retrained_pct": 100 * retrained_fraction(q), "calib_s": calib_s,
