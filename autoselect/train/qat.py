@@ -45,7 +45,10 @@ class QATConfig:
     # learned steps (experiments/RESULTS.md, issue 14)
     lr: float = 0.001
     momentum: float = 0.9
-    weight_decay: float = 5e-4
+    # none: from the post-training state, full QAT at W4 per-tensor ended below its start with 5e-4 (79.13 +- 0.07
+    # against 79.21, three seeds) and above it without (79.26 +- 0.10); at W4 per-channel 79.59 +- 0.10 without
+    # against 79.68 +- 0.10 with, a tie (experiments/RESULTS.md, issue 14)
+    weight_decay: float = 0.0
     warmup_steps: int = 20
     schedule: str = "cosine"  # "cosine" | "step" (x0.1 at 50% and 75% of the steps)
     # knowledge distillation from the FP32 model (``teacher`` of train_qat): the loss is
