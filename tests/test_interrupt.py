@@ -73,3 +73,29 @@ def test_run_optuna_marks_the_trial_after_a_ctrl_c_between_trials_as_interrupted
     states = [t.state for t in study.trials]
     assert states == [optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.FAIL], states
     assert study.trials[1].user_attrs.get("interrupted") is True
+
+
+def test_ctrl_c_during_a_trials_own_write_waits_for_the_write(python_ctrl_c):
+    """A trial's writes to the study (its user attributes: an SQL commit) are held: a Ctrl-C meanwhile is raised just
+    after the write when the trial is still working, and at the next trial when its work was done."""
+    guard = TrialInterrupt()
+    steps = []
+    with pytest.raises(KeyboardInterrupt), guard.installed(), guard.trial():
+        with guard.held():
+            os.kill(os.getpid(), signal.SIGINT)
+            for _ in range(1000):
+                pass
+            steps.append("write done")
+        steps.append("not reached")
+    assert steps == ["write done"]
+    steps.clear()
+    with pytest.raises(KeyboardInterrupt), guard.installed():
+        with guard.trial():
+            with guard.held(raise_after=False):
+                os.kill(os.getpid(), signal.SIGINT)
+                for _ in range(1000):
+                    pass
+            steps.append("trial returned")
+        with guard.trial():
+            steps.append("next trial ran")
+    assert steps == ["trial returned"]

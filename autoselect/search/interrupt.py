@@ -2,9 +2,10 @@
 
 Optuna records a trial's result after the objective returns; a KeyboardInterrupt raised in that write escapes its
 ``except Exception`` and ends in an ``UnboundLocalError`` traceback (optuna 4.x ``_run_trial``), with the trial left
-RUNNING. :class:`TrialInterrupt` makes SIGINT raise only while a trial's own work runs; one that comes between trials
-is held and raised as the next trial starts (that trial is then the interrupted one, which ``--resume`` reruns), or
-when the study returns.
+RUNNING; one raised inside a trial's own write of its attributes breaks the SQL commit the same way.
+:class:`TrialInterrupt` makes SIGINT raise only while a trial's own work runs, outside those writes (``held``); one
+that comes between trials is held and raised as the next trial starts (that trial is then the interrupted one, which
+``--resume`` reruns), or when the study returns.
 """
 
 from __future__ import annotations
@@ -52,6 +53,20 @@ class TrialInterrupt:
             yield
         finally:
             self._inside = False
+
+    @contextmanager
+    def held(self, *, raise_after: bool = True) -> Iterator[None]:
+        """Around a write to the study from inside a trial (its user attributes: an SQL commit that a
+        KeyboardInterrupt would break): a Ctrl-C meanwhile is held; with ``raise_after`` it is raised once the
+        write is done (the trial is then the interrupted one), else it waits for the next trial or the study's
+        end (the trial's work is done and is recorded whole)."""
+        inside, self._inside = self._inside, False
+        try:
+            yield
+        finally:
+            self._inside = inside
+        if raise_after and inside:
+            self.raise_pending()
 
     def raise_pending(self) -> None:
         if self.pending:

@@ -151,39 +151,45 @@ def run_optuna(
 
     def _objective(trial: optuna.Trial, params: dict[str, Any]) -> tuple[float, float, float]:
         key = json.dumps(params, sort_keys=True)
-        for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)):
+        with guard.held():  # a Ctrl-C inside an SQLite call breaks it ("interrupted"): held until it returns
+            done = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+        for t in done:
             if t.user_attrs.get("key") == key:
-                trial.set_user_attr("key", key)
-                trial.set_user_attr("duplicate_of", t.number)
-                for k in ("history", "ptq_top1", "steps", "size_mb"):
-                    if k in t.user_attrs:
-                        trial.set_user_attr(k, t.user_attrs[k])
-                trial.set_user_attr("seconds", 0.0)
+                with guard.held(raise_after=False):
+                    trial.set_user_attr("key", key)
+                    trial.set_user_attr("duplicate_of", t.number)
+                    for k in ("history", "ptq_top1", "steps", "size_mb"):
+                        if k in t.user_attrs:
+                            trial.set_user_attr(k, t.user_attrs[k])
+                    trial.set_user_attr("seconds", 0.0)
                 return t.values[0], t.values[1], t.values[2]
         plan = make_plan(params)
         history: dict[str, float] = {}
 
         def report(step: int, top1: float, retrained: float, latency: float) -> bool:
             history[str(step)] = top1
-            trial.set_user_attr("history", history)
-            trial.set_user_attr("retrained", retrained)
-            trial.set_user_attr("latency", latency)
-            if trial.user_attrs.get("source") == "prior":
-                return False
-            return pruner.should_prune(step, top1, retrained, latency, finished_trials(study))
+            with guard.held():  # the study's reads and writes, here and in the pruner
+                trial.set_user_attr("history", history)
+                trial.set_user_attr("retrained", retrained)
+                trial.set_user_attr("latency", latency)
+                if trial.user_attrs.get("source") == "prior":
+                    return False
+                return pruner.should_prune(step, top1, retrained, latency, finished_trials(study))
 
         try:
             out = evaluate(plan, report)
         except Pruned as p:
-            trial.set_user_attr("pruned_at", p.step)
+            with guard.held(raise_after=False):
+                trial.set_user_attr("pruned_at", p.step)
             raise optuna.TrialPruned(str(p)) from None
-        trial.set_user_attr("key", key)
-        trial.set_user_attr("ptq_top1", out.ptq_top1)
-        trial.set_user_attr("seconds", out.seconds)
-        trial.set_user_attr("calib_seconds", out.calib_seconds)
-        trial.set_user_attr("train_seconds", out.train_seconds)
-        trial.set_user_attr("size_mb", out.size_mb)
-        trial.set_user_attr("steps", out.steps)
+        with guard.held(raise_after=False):  # the work is done: a Ctrl-C now waits for the next trial
+            trial.set_user_attr("key", key)
+            trial.set_user_attr("ptq_top1", out.ptq_top1)
+            trial.set_user_attr("seconds", out.seconds)
+            trial.set_user_attr("calib_seconds", out.calib_seconds)
+            trial.set_user_attr("train_seconds", out.train_seconds)
+            trial.set_user_attr("size_mb", out.size_mb)
+            trial.set_user_attr("steps", out.steps)
         return out.top1, out.retrained, out.latency
 
     bar = tqdm(total=n_trials, initial=finished, desc="search", unit="trial", disable=not progress)
