@@ -132,10 +132,11 @@ class SearchSpace:
         if bad and not target.name.startswith("generic"):
             raise AutoselectError(f"{where}: {bad[0]}-bit weights cannot run on target {target.name} "
                                   f"(it runs {', '.join(map(str, target.weight_bits))}-bit)")
-        bad = [b for b in self.act_bits if b is not None and b != target.act_bits]
-        if bad and not target.name.startswith("generic"):
-            raise AutoselectError(f"{where}: {bad[0]}-bit activations cannot run on target {target.name} (it runs "
-                                  f"{target.act_bits}-bit; lower bit-widths are simulated on the generic targets only)")
+        for b in self.act_bits:  # the target's own rule (Target.spec refuses bits it cannot run)
+            try:
+                target.spec(act_bits=b)
+            except AutoselectError as exc:
+                raise AutoselectError(f"{where}: {exc}") from None
 
     def parameters(self, group: Group) -> dict[str, tuple[Any, ...]]:
         """The search parameters of one group: name → choices (only those with more than one choice)."""

@@ -35,10 +35,6 @@ def _check(path: str, action: LayerAction, target: Target) -> None:
     if not target.name.startswith("generic") and action.weight_bits is not None and action.weight_bits not in target.weight_bits:
         raise AutoselectError(f"layer {path}: {action.weight_bits}-bit weights cannot run on target {target.name} "
                               f"(it runs {', '.join(map(str, target.weight_bits))}-bit weights)")
-    if action.act_bits is not None and action.act_bits != target.act_bits and not target.name.startswith("generic"):
-        raise AutoselectError(f"layer {path}: {action.act_bits}-bit activations cannot run on target {target.name} "
-                              f"(its integer kernels take {target.act_bits}-bit activations; lower bit-widths are "
-                              "simulated on the generic targets only)")
     if action.act == "asym" and target.act_symmetric:
         raise AutoselectError(f"layer {path}: asymmetric activations cannot run on target {target.name}, "
                               "whose integer kernels take symmetric activations only")
@@ -50,14 +46,11 @@ def _check(path: str, action: LayerAction, target: Target) -> None:
 def _spec(action: LayerAction, target: Target, observers: dict[str, str]) -> QuantSpec | None:
     if action.kind == "fp32":
         return None
-    low_act = action.act_bits is not None and action.act_bits < 8
-    # below 8 bits a min-max range wastes the few levels on outliers: the error-minimizing range unless named
+    # act_bits the target cannot run are refused by Target.spec (plan_specs names the layer)
     spec = target.spec(weight_bits=action.weight_bits, weight_observer=observers.get("weight") or "minmax",
-                       act_observer=observers.get("act") or ("mse" if low_act else "minmax"))
+                       act_observer=observers.get("act"), act_bits=action.act_bits)
     if action.act is not None and spec.act is not None:
         spec = replace(spec, act=replace(spec.act, symmetric=action.act == "sym"))
-    if action.act_bits is not None and spec.act is not None:
-        spec = replace(spec, act=replace(spec.act, bits=action.act_bits))
     spec = replace(spec, smooth=action.smooth)
     chosen = {"rounding": action.rounding, "bias_correction": action.bias_correction, "equalize": action.equalize}
     return with_defaults(spec, chosen, observer_named="weight" in observers)

@@ -36,9 +36,12 @@ class Target:
     signed_act_ok: bool = True  # whether a plan may ask for symmetric (signed) activations
 
     def spec(self, *, weight_bits: int | None = None, weight_observer: str = "minmax",
-             act_observer: str = "minmax", per_channel: bool | None = None, act_bits: int | None = None) -> QuantSpec:
+             act_observer: str | None = None, per_channel: bool | None = None,
+             act_bits: int | None = None) -> QuantSpec:
         """The target's quantizer; ``weight_bits``/``per_channel``/``act_bits`` override it for simulation studies
         (activations at other than the target's bits: the simulation-only ``generic`` targets only).
+        ``act_observer`` left out: min-max, or ``mse`` where ``act_bits`` asks for fewer than 8 bits (a min-max range
+        wastes the few levels on outliers).
 
         Deployable targets also quantize each layer's output, as their integer kernels do; the simulation-only
         ``generic`` targets quantize layer inputs and weights only (the profiler's default, and its cost floor).
@@ -46,8 +49,9 @@ class Target:
         if act_bits is not None and act_bits != self.act_bits and not self.name.startswith("generic"):
             raise AutoselectError(f"{act_bits}-bit activations cannot run on target {self.name} (it runs "
                                   f"{self.act_bits}-bit; lower bit-widths are simulated on the generic targets only)")
-        act = TensorQuant(bits=act_bits or self.act_bits, symmetric=self.act_symmetric, observer=act_observer,
-                          pot=self.pot)
+        low = act_bits is not None and act_bits < 8
+        act = TensorQuant(bits=act_bits or self.act_bits, symmetric=self.act_symmetric,
+                          observer=act_observer or ("mse" if low else "minmax"), pot=self.pot)
         return QuantSpec(
             weight=TensorQuant(
                 bits=weight_bits or self.weight_bits[-1],

@@ -142,7 +142,7 @@ class TrialEvaluator:
         qmodel = self.apply(plan)
         frac = retrained_fraction(qmodel)
         size_mb = quantized_size_bytes(qmodel) / 1e6
-        # step 0 is the configuration's all-frozen PTQ (a QAT layer drops its bias correction before training)
+        # step 0 is the configuration's all-frozen PTQ (what a retrained layer with learned steps starts from)
         ptq = self._step0_top1(specs, lambda: self._base(plan, specs))
         history = [(0, ptq)]
         if report is not None and report(0, ptq, frac, latency):

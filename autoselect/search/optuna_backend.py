@@ -255,5 +255,5 @@ def trials_frame(study: optuna.Study) -> pd.DataFrame:
                      "retries": t.user_attrs.get("retries", 0),
                      "node": t.user_attrs.get("node"), "params": json.dumps(t.params, sort_keys=True)})
     return pd.DataFrame(rows, columns=["trial", "state", "top1", "retrained", "latency", "ptq_top1", "seconds",
-                                       "calib_seconds", "train_seconds", "size_mb", "source", "duplicate_of", "retry_of", "interrupted", "retries", "node",
-                                       "params"])
+                                       "calib_seconds", "train_seconds", "size_mb", "source", "duplicate_of",
+                                       "retry_of", "interrupted", "retries", "node", "params"])

@@ -226,9 +226,7 @@ def _search(cfg: SearchConfig, prepared: Any = None) -> SearchResult:
     # prior then ranks groups by the error those methods leave, so a layer they already repair draws no QAT
     t0 = time.perf_counter()
     prof_dir = out / "profile"
-    act_observer = "mse" if cfg.act_bits is not None and cfg.act_bits < 8 else "minmax"  # as plans' default
-    spec = with_defaults(target.spec(weight_bits=cfg.weight_bits, act_bits=cfg.act_bits, act_observer=act_observer),
-                         observer_named=False)
+    spec = with_defaults(target.spec(weight_bits=cfg.weight_bits, act_bits=cfg.act_bits), observer_named=False)
     if (prof_dir / "summary.json").is_file():
         report = SensitivityReport.load(prof_dir)
         _say(cfg, f"profile: reusing {prof_dir}")

@@ -141,10 +141,6 @@ class _Optimizers:
             self.adam.load_state_dict(state["adam"])
 
 
-def _optimizer(qmodel: nn.Module, cfg: QATConfig) -> _Optimizers:
-    return _Optimizers(qmodel, cfg)
-
-
 def _save(path: str, qmodel: nn.Module, opt: _Optimizers, step: int, history: list, cfg: QATConfig) -> None:
     with atomic_path(path) as tmp:
         plan = getattr(qmodel, "autoselect_plan", None)
@@ -222,15 +218,17 @@ def train_qat(
     cfg = config or QATConfig()
     if cfg.distill > 0 and teacher is None:
         raise AutoselectError("distillation (distill > 0) needs the FP32 model as teacher")
-    if cfg.distill > 0 and teacher is not None:
-        teacher = teacher.to(device).eval()
-        if uses_channels_last(device):
-            teacher.to(memory_format=torch.channels_last)
-    qmodel.to(device)
+    if cfg.distill <= 0:
+        teacher = None  # not run, and left as it was
     channels_last = uses_channels_last(device)
-    if channels_last:
-        qmodel.to(memory_format=torch.channels_last)
-    opt = _optimizer(qmodel, cfg)
+    for m in (qmodel, teacher):
+        if m is not None:
+            m.to(device)
+            if channels_last:
+                m.to(memory_format=torch.channels_last)
+    if teacher is not None:
+        teacher.eval()
+    opt = _Optimizers(qmodel, cfg)
     start, history = 0, []  # type: tuple[int, list[dict[str, Any]]]
     if resume:
         if cfg.checkpoint is None:
@@ -271,8 +269,10 @@ def train_qat(
                 break
     bar.close()
     qmodel.eval()
-    if channels_last:
-        qmodel.to(memory_format=torch.contiguous_format)
+    if channels_last:  # both models back in the default format (the teacher is the caller's FP32 model)
+        for m in (qmodel, teacher):
+            if m is not None:
+                m.to(memory_format=torch.contiguous_format)
     if cfg.checkpoint:
         _save(cfg.checkpoint, qmodel, opt, step, history, cfg)
     done = step >= cfg.steps and not stopped
