@@ -61,11 +61,14 @@ REGIMES: dict[str, Regime] = {
     "w5pt": Regime("w5pt", 5, False),
     "w4pt": Regime("w4pt", 4, False),
     "w4pc": Regime("w4pc", 4, True),
+    "w4pca4": Regime("w4pca4", 4, True, act_bits=4),  # W4/A4: where post-training methods are not enough
 }
 
 # Every setting a peer is asked for; each peer's JSON lists in "differences" what it could not match.
 REQUESTED_SETTINGS = ("BN folded into the conv before weight quantization; weights symmetric at the regime's bits "
-                      "and granularity; activations 8-bit asymmetric per-tensor; first and last layer quantized; "
+                      "and granularity; activations asymmetric per-tensor at the regime's bits (8 unless the regime "
+                      "says A4), ranges by each tool's best documented method below 8 bits; first and last layer "
+                      "quantized; "
                       "model input quantized")
 
 

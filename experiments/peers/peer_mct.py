@@ -5,6 +5,9 @@ with a target platform capabilities (TPC) model built the way MCT documents for 
 Pipelines:
   minmax      QuantizationErrorMethod.NOCLIPPING (min/max thresholds) for weights and activations, no bias correction
   mse_bc      MCT's defaults: MSE threshold search for weights and activations + weights bias correction
+  gptq        mse_bc, then MCT's gradient-based PTQ (``mct.gptq.pytorch_gradient_post_training_quantization``: its
+              default EPTQ, Hessian-weighted soft rounding with gradual activation quantization, against the float
+              model), GPTQ_EPOCHS passes over the calibration batches
   mp_mse_bc   mse_bc plus MCT's mixed-precision search over per-tensor weights of 8/6/5/4 bits under a weights
               memory budget equal to every weight at the regime's bits (w5pt only: at w4pt the only solution is
               all-4-bit, at w8pt all-8-bit)
@@ -18,8 +21,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
 
-PIPELINES = ["minmax", "mse_bc", "mp_mse_bc"]
+PIPELINES = ["minmax", "mse_bc", "mp_mse_bc", "gptq"]
 MP_CANDIDATE_BITS = (8, 6, 5, 4)
+GPTQ_EPOCHS = 10  # passes over the calibration batches (MCT's tutorials use single digits to tens)
 
 
 def build_tpc(regime: common.Regime, mixed_precision: bool):
@@ -89,9 +93,16 @@ def run(ctx: common.Context, pipeline: str, regime: common.Regime) -> dict:
     model = ctx.fp32_model()
     timer = common.Timer()
     with timer:
-        qmodel, _info = mct.ptq.pytorch_post_training_quantization(
-            model, representative_data_gen, target_resource_utilization=ru, core_config=core_config,
-            target_platform_capabilities=tpc)
+        if pipeline == "gptq":
+            gptq_config = mct.gptq.get_pytorch_gptq_config(n_epochs=GPTQ_EPOCHS)
+            qmodel, _info = mct.gptq.pytorch_gradient_post_training_quantization(
+                model, representative_data_gen, core_config=core_config, gptq_config=gptq_config,
+                target_platform_capabilities=tpc)
+            extra["gptq_epochs"] = GPTQ_EPOCHS
+        else:
+            qmodel, _info = mct.ptq.pytorch_post_training_quantization(
+                model, representative_data_gen, target_resource_utilization=ru, core_config=core_config,
+                target_platform_capabilities=tpc)
     qmodel = qmodel.cpu().eval()
     top1, eval_s = common.timed_eval(ctx, qmodel)
     extra.update(_weight_bits(qmodel))
@@ -107,12 +118,16 @@ def run(ctx: common.Context, pipeline: str, regime: common.Regime) -> dict:
     else:
         differences.append("thresholds: MSE search (MCT default) for weights and activations; weights bias "
                            "correction on")
+    if pipeline == "gptq":
+        differences.append(f"GPTQ: MCT's default gradient-based PTQ config, {GPTQ_EPOCHS} epochs over "
+                           f"{len(batches)} calibration batches of {ctx.args.calib_batch_size}")
     if mp:
         differences.append(f"mixed precision: per-layer weight bits chosen from {list(MP_CANDIDATE_BITS)} under "
                            f"weights_memory={extra['weights_memory_budget_bytes']:.0f} bytes "
                            f"(all weights at {regime.weight_bits} bits); activations stay 8-bit")
     settings = (f"{'mixed-precision weights (8/6/5/4-bit per-tensor), budget ' + regime.name + ', A8 per-tensor asym' if mp else regime.describe()}; "
-                f"{'NOCLIPPING' if pipeline == 'minmax' else 'MSE + bias correction'}")
+                f"{'NOCLIPPING' if pipeline == 'minmax' else 'MSE + bias correction'}"
+                f"{'; GPTQ ' + str(GPTQ_EPOCHS) + ' epochs' if pipeline == 'gptq' else ''}")
     return {"top1": top1, "calib_seconds": timer.seconds, "eval_seconds": eval_s, "settings": settings,
             "differences": differences, "extra": extra}
 

@@ -41,6 +41,12 @@ def quantization_config(regime: common.Regime):
     return QuantizationConfig(base.input_activation, base.output_activation, weight, base.bias, False)
 
 
+def skip(pipeline: str, regime: common.Regime) -> str | None:
+    if regime.act_bits != 8:
+        return "X86InductorQuantizer's recipe quantizes activations to uint8 only"
+    return None
+
+
 def run(ctx: common.Context, pipeline: str, regime: common.Regime) -> dict:
     import torch
     from torchao.quantization.pt2e import move_exported_model_to_eval
@@ -86,4 +92,4 @@ def run(ctx: common.Context, pipeline: str, regime: common.Regime) -> dict:
 
 
 if __name__ == "__main__":
-    common.main("torchao", PIPELINES, run, tool="torchao")
+    common.main("torchao", PIPELINES, run, tool="torchao", skip=skip)

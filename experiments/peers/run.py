@@ -271,7 +271,8 @@ def main(argv: list[str] | None = None) -> int:
               "calib_seconds: wall time of the PTQ algorithm itself (graph capture, calibration, CLE/BC/GPTQ/"
               "AdaRound/search), evaluation excluded",
               "- regimes: w8pt/w5pt/w4pt = 8/5/4-bit per-tensor symmetric weights, w4pc = 4-bit per-channel; "
-              "activations 8-bit asymmetric per-tensor; raw JSON per row in results/raw/"]
+              "activations 8-bit asymmetric per-tensor, except w4pca4 (4-bit per-channel weights, 4-bit "
+              "activations); raw JSON per row in results/raw/"]
 
     if args.table_only:
         results = [json.loads(p.read_text()) for p in sorted(raw_dir.glob("*.json"))]
