@@ -57,6 +57,54 @@ def test_adaround_puts_weights_on_the_grid_and_reconstructs_better_than_nearest(
     assert run_methods(q, batches) == {}  # nothing asked for by the specs: nothing runs
 
 
+def test_brecq_reconstructs_a_block_better_than_nearest_and_leaves_weights_and_ranges_on_grids(tiny, batches):
+    """Block reconstruction (BRECQ + QDrop): a whole block's rounding is learned jointly; below 8-bit activations
+    the layers' input ranges are learned too and written back as calibrated ranges."""
+    from autoselect.quant.methods import block_reconstruction as br
+
+    assert "brecq" in ROUNDINGS
+    spec = get_target("generic").spec(weight_bits=3, act_bits=4)
+    q, reference = _calibrated(tiny, spec, batches), quantize_model(tiny, spec)
+    set_mode(reference, "fp32")
+    block = "blocks.1"
+    paths = [p for p in quant_layers(q) if p.startswith(block + ".")]
+    assert len(paths) == 3
+    before = {p: quant_layers(q)[p].act_scale.clone() for p in paths}
+    x_q = layer_inputs(q, block, batches, torch.device("cpu"))
+    x_fp = layer_inputs(reference, block, batches, torch.device("cpu"))
+    with torch.no_grad():
+        target = reference.get_submodule(block)(x_fp)
+    ratio = br.reconstruct_block(q.get_submodule(block), [quant_layers(q)[p] for p in paths], x_q, x_fp, target,
+                                 iterations=500, batch=8)
+    assert ratio < 0.9  # jointly learned rounding (and ranges) beat rounding to nearest on the block's output
+    for p in paths:
+        ql = quant_layers(q)[p]
+        assert ql.weight_learner is None and ql.act_learner is None  # the relaxation is gone
+        s, _ = ql.weight_qparams()
+        ints = ql.layer.weight / s.view(-1, *[1] * (ql.layer.weight.dim() - 1))
+        torch.testing.assert_close(ints, ints.round(), atol=1e-4, rtol=0)
+    assert any(not torch.equal(before[p], quant_layers(q)[p].act_scale) for p in paths)  # learned A4 ranges kept
+    with torch.no_grad():  # what the model computes now is what was measured
+        err = float((q.get_submodule(block)(x_q) - target).pow(2).sum(1).sum())
+    assert err > 0
+
+
+def test_brecq_runs_as_a_plan_rounding_through_calibrate(tiny, batches):
+    x = torch.cat([b[0] for b in batches])
+    spec = get_target("generic").spec(weight_bits=3)
+    from autoselect.quant.methods import block_reconstruction as br
+
+    old = br.ITERATIONS
+    br.ITERATIONS = 60
+    try:
+        q = _calibrated(tiny, replace(spec, rounding="brecq"), batches)
+    finally:
+        br.ITERATIONS = old
+    assert "brecq" in q.autoselect_method_seconds
+    assert all(ql.weight_scale_fixed is not None for ql in quant_layers(q).values())
+    assert _err(q, tiny, x) < _err(_calibrated(tiny, spec, batches), tiny, x)
+
+
 def test_adaround_sampled_patches_give_the_layers_own_reconstruction_error(tiny, batches):
     """With every output position kept, the patch form of the problem is the layer's convolution exactly."""
     from autoselect.quant.methods import adaround as ada

@@ -25,7 +25,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from autoselect.quant.dwconv import depthwise_conv2d, is_depthwise
-from autoselect.quant.lsq import LearnedQuantizer
+from autoselect.quant.lsq import GridQuantizer
 from autoselect.quant.observers import ActivationObserver, fake_quant, weight_qparams
 from autoselect.quant.spec import QuantSpec
 
@@ -44,8 +44,8 @@ class QuantLayer(nn.Module):
     weight_scale_fixed: torch.Tensor | None
     weight_zp_fixed: torch.Tensor | None
     bias_delta: torch.Tensor | None
-    weight_learner: LearnedQuantizer | None
-    act_learner: LearnedQuantizer | None
+    weight_learner: GridQuantizer | None
+    act_learner: GridQuantizer | None
 
     def __init__(self, layer: nn.Conv2d | nn.Linear, spec: QuantSpec | None, *, per_channel_stats: bool = False,
                  seed: int = 0) -> None:

@@ -34,7 +34,7 @@ from autoselect.quant.spec import TensorQuant
 if TYPE_CHECKING:
     from autoselect.quant.layer import QuantLayer
 
-__all__ = ["LearnedQuantizer", "learn_scales", "lsq_fake_quant"]
+__all__ = ["GridQuantizer", "LearnedQuantizer", "learn_scales", "lsq_fake_quant"]
 
 _EPS = 1e-8
 
@@ -62,7 +62,17 @@ def lsq_fake_quant(x: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tenso
     return (v - z) * s
 
 
-class LearnedQuantizer(nn.Module):
+class GridQuantizer(nn.Module):
+    """What a :class:`~autoselect.quant.layer.QuantLayer` puts in place of its fixed weight or input grid
+    (``weight_learner``/``act_learner``): ``forward`` quantizes a tensor, :meth:`qparams` gives the grid in force as
+    fixed qparams (what the export writes). QAT's learned steps are one; a post-training method may put its own
+    relaxation there for the time it runs (block reconstruction)."""
+
+    def qparams(self) -> tuple[torch.Tensor, torch.Tensor]:
+        raise NotImplementedError
+
+
+class LearnedQuantizer(GridQuantizer):
     """A trainable grid for one tensor, initialized from fixed qparams (``scale``, integer ``zero_point``).
 
     ``elements`` is what one scale covers (all of a weight tensor, or one output channel's weights, or one sample's

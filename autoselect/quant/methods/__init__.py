@@ -13,7 +13,7 @@ knowing the method:
   traces anyway (weights, biases, activation modules): cross-layer equalization.
 
 Registered here: ``equalize`` (transform, :mod:`.equalization`), ``adaround`` (rounding, :mod:`.adaround`),
-``bias_correction`` (correction, :mod:`.bias_correction`); ``nearest`` is plain rounding (no method). A new method
+``brecq`` (rounding: block reconstruction with QDrop, :mod:`.block_reconstruction`), ``bias_correction`` (correction, :mod:`.bias_correction`); ``nearest`` is plain rounding (no method). A new method
 is one new module that calls :func:`register_method` and is imported below.
 """
 
@@ -190,4 +190,5 @@ def _run(model: nn.Module, data: Iterable, kinds: tuple[str, ...], device: torch
 # the registered methods (imported for their registration)
 from autoselect.quant.methods import equalization as _equalization  # noqa: E402,F401
 from autoselect.quant.methods import adaround as _adaround  # noqa: E402,F401
+from autoselect.quant.methods import block_reconstruction as _block_reconstruction  # noqa: E402,F401
 from autoselect.quant.methods import bias_correction as _bias_correction  # noqa: E402,F401

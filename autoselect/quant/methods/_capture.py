@@ -76,6 +76,12 @@ class BlockInputs:
     def _run(self, module: nn.Module, x: torch.Tensor) -> torch.Tensor:
         return torch.cat([module(xb.to(self.device)).cpu() for xb in x.split(_BATCH)])
 
+    def block_input(self, block: str) -> torch.Tensor:
+        """The input of ``block`` over all calibration images, with the model as it is now."""
+        self._advance(block)
+        assert self.x is not None
+        return self.x
+
     def __call__(self, block: str, path: str) -> torch.Tensor:
         """The input of layer ``path`` (inside ``block``) over all calibration images, with the model as it is
         now (earlier layers' methods applied)."""
