@@ -99,8 +99,8 @@ def _parser() -> argparse.ArgumentParser:
     _quant_options(p)
     p.add_argument("--per-tensor", action="store_true", help="per-tensor weights (default: the target's)")
     p.add_argument("--methods", action="store_true",
-                   help="under the post-training methods a 'freeze' plan gets (equalization, AdaRound below 5 bits, "
-                        "bias correction), with their seconds; default: plain PTQ")
+                   help="under the post-training methods a 'freeze' plan gets (equalization, AdaRound or block "
+                        "reconstruction below 5 bits, bias correction), with their seconds; default: plain PTQ")
     p.add_argument("--isolated", action="store_true", help="also quantize one layer at a time (one pass per layer)")
     p.add_argument("--isolated-images", type=POS, help="images for the isolated passes (default: all calibration)")
     p.add_argument("--rank-by", default="local_drift", help="column to rank layers by (local_drift, drift, qmse, iso_qkl)")

@@ -190,6 +190,8 @@ def test_plan_method_fields_default_to_the_best_treatment_and_are_validated(tiny
     assert all(s is not None and s.weight is not None and s.weight.observer == "minmax" for s in specs.values())
     specs, _ = plan_specs(Plan(layers={"_default": LayerAction(weight_bits=4)}, target="generic"), graph)
     assert all(s is not None and s.rounding == "adaround" and not s.equalize for s in specs.values())
+    specs, _ = plan_specs(Plan(layers={"_default": LayerAction(weight_bits=4, act_bits=4)}, target="generic"), graph)
+    assert all(s is not None and s.rounding == "brecq" for s in specs.values())  # A4: block reconstruction
     specs, _ = plan_specs(Plan(layers={"_default": LayerAction(weight_bits=5)}, target="generic"), graph)
     assert all(s is not None and s.rounding == "nearest" and s.weight is not None and s.weight.observer == "mse"
                for s in specs.values())  # 5 bits: AdaRound measured no better than nearest; MSE ranges still
