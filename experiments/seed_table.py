@@ -28,7 +28,8 @@ def main() -> None:
     ap.add_argument("--weight-bits", type=int, default=4)
     ap.add_argument("--steps", type=int, default=200)
     ap.add_argument("--batch-size", type=int, default=128)
-    ap.add_argument("--lr", type=float, default=0.01)
+    ap.add_argument("--lr", type=float, default=QATConfig().lr, help="default: autoselect train's (0.001 since "
+                    "issue 14; the table of issue 3 used 0.01)")
     ap.add_argument("--train-images", type=int, default=None, help="default: the whole train split")
     ap.add_argument("--plans", nargs="*", default=None)
     ap.add_argument("--act", choices=["sym", "asym"], help="override every plan's activation symmetry")

@@ -115,7 +115,7 @@ def run(ctx: common.Context, pipeline: str, regime: common.Regime) -> dict:
                            f"scheme, {len(batches)} batches of {ctx.args.calib_batch_size}")
     if cle and ctx.model_kind == "mobilenet_v2":
         differences.append("ReLU6 replaced by ReLU before CLE (aimet-torch>=2.4 leaves conv-ReLU6-conv pairs "
-                           "unscaled and tells users to swap); the following 8-bit activation quantizer clips")
+                           "unscaled and tells users to swap); the following activation quantizer clips")
     differences.append("no bias correction: aimet-torch 2.42.0 ships no bias-correction API")
     settings = (f"{regime.describe()}; BN folded; {'CLE' if cle else 'no CLE'}"
                 f"{'; AdaRound ' + str(ctx.args.adaround_iters) + ' it' if ada else ''}; QuantSim {'min_max' if regime.act_bits == 8 else 'tf_enhanced'}")

@@ -64,7 +64,7 @@ def run(ctx: common.Context, pipeline: str, regime: common.Regime) -> dict:
     differences = []
     if ctx.model_kind == "mobilenet_v2":
         differences.append("ReLU6 replaced by ReLU before quantization (Brevitas preprocess default "
-                           "relu6_to_relu=True); the following 8-bit activation quantizer's range does the clipping")
+                           "relu6_to_relu=True); the following activation quantizer's range does the clipping")
     differences += [
         f"activation ranges: percentile stats ({ACT_PERCENTILE}/{100 - ACT_PERCENTILE:.3f}), Brevitas' default, "
         "not min-max",
