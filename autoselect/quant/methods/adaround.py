@@ -60,6 +60,25 @@ def _h(v: torch.Tensor) -> torch.Tensor:
     return torch.clamp(torch.sigmoid(v) * (ZETA - GAMMA) + GAMMA, 0.0, 1.0)
 
 
+def soft_start(w_div: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``floor(w_div)`` and the rounding variable ``V`` whose ``h(V)`` gives back the fractional part (the start of
+    AdaRound's relaxation, shared with block reconstruction)."""
+    floor = torch.floor(w_div)
+    rest = (w_div - floor).clamp(0.0, 1.0)
+    return floor, (-torch.log((ZETA - GAMMA) / (rest - GAMMA) - 1.0)).clamp(-20.0, 20.0)
+
+
+def regularizer(v: torch.Tensor, it: int, iterations: int) -> torch.Tensor | None:
+    """AdaRound's rounding regularizer at step ``it`` of ``iterations`` (``None`` during the warm-up), ``beta``
+    annealed from BETA[0] to BETA[1]; not yet multiplied by REG."""
+    warm = int(WARMUP * iterations)
+    if it < warm:
+        return None
+    progress = (it - warm) / max(1, iterations - warm)
+    beta = BETA[1] + 0.5 * (BETA[0] - BETA[1]) * (1 + math.cos(math.pi * progress))
+    return (1 - (2 * _h(v) - 1).abs().pow(beta)).sum()
+
+
 def _activation(name: str | None) -> Callable[[torch.Tensor], torch.Tensor]:
     return {"ReLU": F.relu, "ReLU6": F.relu6}.get(name or "", lambda t: t)
 
@@ -185,9 +204,8 @@ def adaround_layer(ql: QuantLayer, x_q: torch.Tensor, x_fp: torch.Tensor, refere
     shape = [-1] + [1] * (w.dim() - 1) if scale.dim() else []
     s, z = scale.view(shape).to(w), zp.view(shape).to(w)
     w_div = w / s
-    floor = torch.floor(w_div)
-    rest = (w_div - floor).clamp(0.0, 1.0)
-    v = (-torch.log((ZETA - GAMMA) / (rest - GAMMA) - 1.0)).clamp(-20.0, 20.0).requires_grad_(True)
+    floor, v = soft_start(w_div)
+    v.requires_grad_(True)
     lo, hi = tq.qmin - z, tq.qmax - z  # integer range around the zero-point
     gen = torch.Generator().manual_seed(seed)
 
@@ -200,19 +218,16 @@ def adaround_layer(ql: QuantLayer, x_q: torch.Tensor, x_fp: torch.Tensor, refere
     nearest = torch.clamp(torch.round(w_div), lo, hi)
     nearest_err = problem.error(nearest * s)
     opt = torch.optim.Adam([v], lr=LR)
-    warm = int(WARMUP * iterations)
     batch = problem.step_rows(batch)
     with torch.enable_grad():
         for it in range(iterations):
             xb, tb = problem.batch(it, batch)
-            h = _h(v)
-            w_soft = torch.clamp(floor + h, lo, hi)
+            w_soft = torch.clamp(floor + _h(v), lo, hi)
             diff = problem.out(xb, w_soft * s) - tb
             loss = diff.pow(2).flatten(1).sum(1).mean()
-            if it >= warm:
-                progress = (it - warm) / max(1, iterations - warm)
-                beta = BETA[1] + 0.5 * (BETA[0] - BETA[1]) * (1 + math.cos(math.pi * progress))
-                loss = loss + REG * (1 - (2 * h - 1).abs().pow(beta)).sum()
+            reg = regularizer(v, it, iterations)
+            if reg is not None:
+                loss = loss + REG * reg
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()

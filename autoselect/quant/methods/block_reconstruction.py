@@ -26,7 +26,6 @@ calibration images than the cheap treatment).
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -38,7 +37,7 @@ from autoselect.quant.layer import QuantLayer
 from autoselect.quant.lsq import GridQuantizer, LearnedQuantizer
 from autoselect.quant.methods import MethodContext, register_method
 from autoselect.quant.methods._capture import BlockInputs
-from autoselect.quant.methods.adaround import BETA, GAMMA, LR, REG, WARMUP, ZETA, _h
+from autoselect.quant.methods.adaround import LR, REG, _h, regularizer, soft_start
 from autoselect.quant.observers import fake_quant
 
 __all__ = ["ACT_LR", "BATCH", "DROP", "ITERATIONS", "reconstruct_block"]
@@ -64,11 +63,10 @@ class _SoftRounding(GridQuantizer):
         self.scale, self.zp = scale, zp
         self.s, z = scale.view(shape).to(w), zp.view(shape).to(w)
         w_div = w / self.s
-        self.floor = torch.floor(w_div)
         self.z = z
         self.lo, self.hi = tq.qmin - z, tq.qmax - z
-        rest = (w_div - self.floor).clamp(0.0, 1.0)
-        self.v = nn.Parameter((-torch.log((ZETA - GAMMA) / (rest - GAMMA) - 1.0)).clamp(-20.0, 20.0))
+        self.floor, v = soft_start(w_div)
+        self.v = nn.Parameter(v)
         self.nearest = torch.clamp(torch.round(w_div), self.lo, self.hi)
         self.hard: torch.Tensor | None = None  # set: forward gives these integers (evaluation)
 
@@ -78,10 +76,6 @@ class _SoftRounding(GridQuantizer):
 
     def rounded(self) -> torch.Tensor:
         return torch.clamp(self.floor + (_h(self.v) >= 0.5).to(self.floor), self.lo, self.hi)
-
-    def regularizer(self, beta: float) -> torch.Tensor:
-        h = _h(self.v)
-        return (1 - (2 * h - 1).abs().pow(beta)).sum()
 
     def qparams(self) -> tuple[torch.Tensor, torch.Tensor]:
         return self.scale, self.zp
@@ -158,7 +152,6 @@ def reconstruct_block(block: nn.Module, layers: list[QuantLayer], x_q: torch.Ten
         opt = torch.optim.Adam([s.v for s in soft], lr=LR)
         act_params = [p for d in drops if d.learner is not None for p in d.learner.parameters()]
         opt_act = torch.optim.Adam(act_params, lr=ACT_LR) if act_params else None
-        warm = int(WARMUP * iterations)
         for d in drops:
             d.drop = drop
         with torch.enable_grad():
@@ -168,10 +161,9 @@ def reconstruct_block(block: nn.Module, layers: list[QuantLayer], x_q: torch.Ten
                 if drop > 0.0:
                     xb = torch.where(torch.rand(xb.shape, generator=gen).to(device) < drop, x_fp[idx], xb)
                 loss = (block(xb) - target[idx]).pow(2).sum(1).mean()
-                if it >= warm:
-                    progress = (it - warm) / max(1, iterations - warm)
-                    beta = BETA[1] + 0.5 * (BETA[0] - BETA[1]) * (1 + math.cos(math.pi * progress))
-                    loss = loss + REG * sum((s.regularizer(beta) for s in soft), torch.zeros((), device=device))
+                regs = [r for s in soft if (r := regularizer(s.v, it, iterations)) is not None]
+                if regs:  # past the warm-up
+                    loss = loss + REG * sum(regs)
                 opt.zero_grad(set_to_none=True)
                 if opt_act is not None:
                     opt_act.zero_grad(set_to_none=True)
