@@ -47,6 +47,20 @@ class _Parser(argparse.ArgumentParser):
 POS, NONNEG = _count(1), _count(0)
 
 
+def _bits_list(text: str) -> int | tuple[int, ...]:
+    """``4`` or ``4,5,6,8`` (each group of the search chooses one)."""
+    try:
+        bits = tuple(int(t) for t in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a bit-width or a comma-separated list, got {text!r}") from None
+    if any(b < 2 or b > 8 for b in bits):
+        raise argparse.ArgumentTypeError(f"bit-widths are integers from 2 to 8, got {text!r}")
+    return bits[0] if len(bits) == 1 else bits
+
+
+_bits_list.__name__ = "bit-width list"
+
+
 def _common(p: argparse.ArgumentParser, *, data_default: str = "digits") -> None:
     p.add_argument("--model", help="torchvision name, registered name, or pkg.module:factory (default: the plan's "
                                   "model for train/export, else mobilenet_v2)")
@@ -146,7 +160,9 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("search", help="search per-layer actions: Pareto front of top-1, retrained, latency")
     _common(p)
     p.add_argument("--target", help="deployment target (default: the space's; x86/qnnpack latency is measured)")
-    p.add_argument("--weight-bits", type=POS, help="weight bit-width for every quantized layer (simulation)")
+    p.add_argument("--weight-bits", type=_bits_list,
+                   help="weight bit-width for every quantized layer (simulation), or a list such as 4,5,6,8 that "
+                        "each group chooses from (with --max-model-mb/--max-model-bits: mixed precision)")
     p.add_argument("--act-bits", type=POS,
                    help="activation bit-width for every quantized layer, 4-8 (generic targets: simulation only)")
     p.add_argument("--space", help="search space file or built-in name (default: the model family's)")
@@ -166,6 +182,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--max-latency-ms", type=float, help="latency limit (for cost-model targets: FP32 = 1)")
     p.add_argument("--max-model-mb", type=float,
                    help="limit on the deployed weights in MB (each layer at its bit-width; see trials.csv size_mb)")
+    p.add_argument("--max-model-bits", type=POS,
+                   help="limit the deployed weights to the model's size with every weight at this bit-width")
     p.add_argument("--tolerance", type=float,
                    help="prefer the plan retraining least among those this close to the best top-1")
     p.add_argument("--sampler", default="tpe", choices=["tpe", "random", "nsga2"])
@@ -439,7 +457,7 @@ def _cmd_search(args: argparse.Namespace) -> int:
     cfg = SearchConfig(
         model=args.model, weights=args.weights, data=args.data, num_classes=args.num_classes,
         input_size=args.input_size, target=args.target, weight_bits=args.weight_bits, act_bits=args.act_bits,
-        no_train=args.no_train, space=args.space,
+        max_model_bits=args.max_model_bits, no_train=args.no_train, space=args.space,
         proxy=ProxyBudget(**given(steps=args.proxy_steps, batch_size=args.proxy_batch, lr=args.proxy_lr,
                                   eval_every=args.eval_every, calib_images=args.calib_images)),
         train_images=args.train_images, val_images=args.val_images,

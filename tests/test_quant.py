@@ -197,3 +197,23 @@ def test_smoothing_folds_into_the_producer_and_its_relu6_clips_on_the_grid():
     set_mode(q, "quant")
     assert clip(torch.full((1, 4, 1, 1), 10.0)).max().item() == 10.0  # quantized: the consumer's grid clips
     assert len(quant_layers(q)) == len(layers)  # the consumer is not registered twice
+
+
+def test_planned_size_matches_the_quantized_model():
+    """The size a plan will deploy at, computed on the FP32 model (BatchNorm folded into biases), equals the size
+    of the model the plan quantizes: mixed bit-widths, per-channel scales and an FP32 layer included."""
+    from autoselect.models import build_layer_graph
+    from autoselect.plan import LayerAction, Plan
+    from autoselect.quant.apply import apply_plan, plan_specs, planned_size_bytes, quantized_size_bytes
+    from tests.helpers import random_batches, tiny_net
+
+    net = tiny_net()
+    graph = build_layer_graph(net, (1, 3, 32, 32))
+    paths = graph.paths
+    plan = Plan(layers={paths[0]: LayerAction(weight_bits=8), paths[1]: LayerAction(kind="fp32"),
+                        "_default": LayerAction(weight_bits=4, rounding="nearest")}, target="generic")
+    specs, _ = plan_specs(plan, graph)
+    qmodel = apply_plan(net, plan, random_batches(), graph=graph)
+    assert planned_size_bytes(net, graph, specs) == quantized_size_bytes(qmodel)
+    assert planned_size_bytes(net, graph, plan_specs(Plan(layers={"_default": LayerAction(weight_bits=8)},
+                                                          target="generic"), graph)[0]) > quantized_size_bytes(qmodel)

@@ -115,11 +115,20 @@ def test_x86_latency_is_measured_once_per_configuration(tmp_path):
     (["--target", "x86", "--weight-bits", "4"], "4-bit weights cannot run on target x86"),
     (["--target", "tpu"], "unknown target 'tpu'"),
     (["--resume"], "nothing to resume"),
+    (["--weight-bits", "4,9"], "bit-widths are integers from 2 to 8"),
+    (["--target", "generic-pt", "--max-model-mb", "1", "--max-model-bits", "6"], "not both"),
 ])
 def test_bad_search_input_is_one_line(tmp_path, capsys, extra, message):
     assert _run(tmp_path / "s", *extra) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and message in err[0]
+
+
+def test_a_memory_limit_no_plan_fits_fails_before_any_trial(tmp_path, capsys):
+    assert _run(tmp_path / "s", "--target", "generic-pt", "--weight-bits", "4,8", "--max-model-mb", "0.0001") == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert "with every weight at 4 bits, over the 0.0001 MB limit" in err[-1]
+    assert not (tmp_path / "s" / "trials.csv").exists()  # the baseline it trained is kept, for a rerun
 
 
 def test_evaluator_raises_pruned_when_report_says_so():
@@ -299,3 +308,55 @@ def test_no_train_searches_bit_widths_under_a_model_size_limit(tmp_path, capsys)
     chosen = json.loads((out / "summary.json").read_text())["chosen_trial"]
     assert float(trials.set_index("trial").loc[chosen, "size_mb"]) <= limit + 1e-9
     assert all(a.kind == "freeze" for a in load_plan(out / "plan.json").layers.values())
+
+
+def test_mixed_precision_under_the_memory_of_a_uniform_bit_width(tmp_path):
+    """``--weight-bits 4,8 --max-model-bits 6``: the limit is the model's size with every weight at 6 bits; the
+    prior's allocation mixes 4 and 8 bits within it, and every trial the sampler draws is lowered until it fits,
+    so no trial is spent on a plan the constraint rejects."""
+    out = tmp_path / "mixed"
+    assert _run(out, "--weight-bits", "4,8", "--max-model-bits", "6", "--no-train", "--trials", "6",
+                "--target", "generic-pt") == 0
+    summary = json.loads((out / "summary.json").read_text())
+    limit = summary["constraints"]["max_model_mb"]
+    trials = pd.read_csv(out / "trials.csv")
+    done = trials[trials["state"] == "complete"]
+    assert len(done) >= 4 and (done["size_mb"] <= limit + 1e-9).all()
+    plan = load_plan(out / "plan.json")
+    bits = {a.weight_bits for a in plan.layers.values()}
+    assert bits <= {4, 8} and 8 in bits  # not all at the lowest: the limit leaves room for some 8-bit groups
+    from autoselect.models import build_layer_graph
+    from autoselect.plan import LayerAction, Plan
+    from autoselect.quant.apply import plan_specs, planned_size_bytes
+
+    net = tiny_net()
+    graph = build_layer_graph(net, (1, 3, 32, 32))
+    uniform = {b: planned_size_bytes(net, graph, plan_specs(Plan(layers={"_default": LayerAction(weight_bits=b)},
+                                                                 target="generic-pt"), graph)[0]) / 1e6
+               for b in (4, 6, 8)}
+    assert limit == pytest.approx(uniform[6]) and uniform[4] < limit < uniform[8]
+
+
+def test_bit_budget_allocates_by_error_per_byte_and_fits_draws():
+    """Two groups of equal size, one far more sensitive: the allocation gives it the higher bit-width first; a draw
+    over the limit is lowered where that adds the least modelled error, and one within it is left alone."""
+    from autoselect.search.bits import BitBudget
+
+    weights = {"a": 1000, "b": 1000}
+
+    def size(bits):  # bytes of the weights alone
+        return sum(weights[g] * b // 8 for g, b in bits.items())
+
+    budget = BitBudget(choices=(8, 4, 6), weights=weights, sensitivity={"a": 10.0, "b": 1.0}, ref_bits=4,
+                       size=size, limit=size({"a": 6, "b": 6}))
+    assert budget.choices == (4, 6, 8)
+    # modelled error 10/16 + 1/16 at 6 and 6 bits, against 10/256 + 1 at 8 and 4 bits
+    assert budget.allocate(["a", "b"]) == {"a": 6, "b": 6}
+    assert budget.fit({"a": 8, "b": 8}) == {"a": 6, "b": 6}  # b steps down first (least error per byte saved)
+    assert budget.fit({"a": 4, "b": 6}) == {"a": 4, "b": 6}  # fits already
+    two = BitBudget(choices=(4, 8), weights=weights, sensitivity={"a": 10.0, "b": 1.0}, ref_bits=4, size=size,
+                    limit=size({"a": 6, "b": 6}))
+    assert two.allocate(["a", "b"]) == {"a": 8, "b": 4} and two.fit({"a": 8, "b": 8}) == {"a": 8, "b": 4}
+    tight = BitBudget(choices=(4, 8), weights=weights, sensitivity={"a": 1.0, "b": 1.0}, ref_bits=4, size=size,
+                      limit=size({"a": 4, "b": 4}) - 1)
+    assert tight.allocate(["a", "b"]) == {"a": 4, "b": 4} and tight.fit({"a": 8, "b": 8}) == {"a": 4, "b": 4}

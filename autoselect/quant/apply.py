@@ -24,9 +24,8 @@ from autoselect.quant.simulate import calibrate, quant_layers, quantize_model
 from autoselect.quant.spec import QuantSpec
 from autoselect.quant.targets import Target, get_target
 
-__all__ = ["apply_plan", "calibrated_model", "finish_plan", "plan_specs", "quantized_size_bytes", "quantizer_params",
-           "retrained_fraction",
-           "trainable_layers"]
+__all__ = ["apply_plan", "calibrated_model", "finish_plan", "plan_specs", "planned_size_bytes", "quantized_size_bytes",
+           "quantizer_params", "retrained_fraction", "trainable_layers"]
 
 
 def _check(path: str, action: LayerAction, target: Target) -> None:
@@ -166,19 +165,40 @@ def retrained_fraction(qmodel: nn.Module) -> float:
     return sum(p.numel() for p in qmodel.parameters() if p.requires_grad and id(p) not in steps) / total
 
 
+def _layer_bytes(weight: torch.Tensor, bias: int, spec: QuantSpec | None) -> int:
+    """One layer deployed: its weight at its bit-width (FP32 when unquantized), its bias as int32 and one
+    scale/zero-point per output channel (or tensor)."""
+    if spec is None or spec.weight is None:
+        return 4 * (weight.numel() + bias)
+    channels = weight.shape[0] if spec.weight.per_channel else 1
+    return (weight.numel() * spec.weight.bits + 7) // 8 + 4 * bias + 8 * channels + 8
+
+
 def quantized_size_bytes(qmodel: nn.Module) -> int:
     """Deployed size: quantized weights at their bit-width, biases as int32, FP32 layers and other parameters at
     4 bytes, plus one scale/zero-point per channel or tensor."""
     size = 0
     counted: set[int] = set()
     for layer in quant_layers(qmodel).values():
-        w = layer.layer.weight
         counted.update(id(p) for p in layer.layer.parameters())
         bias = layer.layer.bias.numel() if layer.layer.bias is not None else 0
-        if layer.spec is None or layer.spec.weight is None:
-            size += 4 * (w.numel() + bias)
-            continue
-        channels = w.shape[0] if layer.spec.weight.per_channel else 1
-        size += (w.numel() * layer.spec.weight.bits + 7) // 8 + 4 * bias + 8 * channels + 8
+        size += _layer_bytes(layer.layer.weight, bias, layer.spec)
     size += sum(4 * p.numel() for p in qmodel.parameters() if id(p) not in counted)
+    return size
+
+
+def planned_size_bytes(model: nn.Module, graph: LayerGraph, specs: dict[str, QuantSpec | None]) -> int:
+    """:func:`quantized_size_bytes` of the model ``specs`` (from :func:`plan_specs`) would give, computed on the
+    FP32 ``model`` without quantizing it: each layer's BatchNorm is folded into its bias (a bias the layer gains)."""
+    size = 0
+    counted: set[int] = set()
+    for info in graph:
+        layer = model.get_submodule(info.path)
+        counted.update(id(p) for p in layer.parameters())
+        bias = info.out_channels if layer.bias is not None or info.bn is not None else 0
+        if info.bn is not None:
+            counted.update(id(p) for p in model.get_submodule(info.bn).parameters())
+        assert isinstance(layer.weight, torch.Tensor)
+        size += _layer_bytes(layer.weight, bias, specs.get(info.path))
+    size += sum(4 * p.numel() for p in model.parameters() if id(p) not in counted)
     return size

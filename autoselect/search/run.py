@@ -11,6 +11,8 @@ from __future__ import annotations
 import json
 import sys
 import time
+from collections import Counter
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -20,12 +22,13 @@ import pandas as pd
 from autoselect._io import atomic_path, output_dir
 from autoselect.errors import AutoselectError
 from autoselect.quant.methods import with_defaults
+from autoselect.search.bits import BitBudget
 from autoselect.search.latency import LatencyModel
 from autoselect.search.objective import ProxyBudget, TrialEvaluator, measure_export_latency
 from autoselect.search.pareto import Constraints, choose, hypervolume, pareto_mask, verdict
 from autoselect.search.prior import group_sensitivity, narrow, smooth_candidates, warm_starts
 from autoselect.search.pruning import ParetoPruner
-from autoselect.space import SearchSpace, find_space, load_space
+from autoselect.space import Group, SearchSpace, find_space, load_space
 
 __all__ = ["RayOptions", "SearchConfig", "SearchResult", "search"]
 
@@ -57,8 +60,10 @@ class SearchConfig:
     num_classes: int | None = None
     input_size: int | None = None
     target: str | None = None  # default: the space's
-    weight_bits: int | None = None
+    weight_bits: int | tuple[int, ...] | None = None  # several: each group chooses one (see max_model_bits)
     act_bits: int | None = None  # 4-8 for every quantized layer (generic targets: simulation only)
+    max_model_bits: int | None = None  # sets constraints.max_model_mb to the model's size with every weight at this
+    #                                     bit-width (the memory of a uniform plan, for mixed-precision searches)
     no_train: bool = False  # post-training choices only (freeze / fp32, bit-widths): nothing is retrained
     space: str | None = None  # file or built-in name; default: the model family's
     trials: int = 24
@@ -150,7 +155,8 @@ def _space(cfg: SearchConfig, target_name: str | None) -> tuple[SearchSpace, Any
 
     space = load_space(cfg.space) if cfg.space else find_space(cfg.model)
     if cfg.weight_bits is not None:
-        space = replace(space, weight_bits=(cfg.weight_bits,))
+        bits = (cfg.weight_bits,) if isinstance(cfg.weight_bits, int) else tuple(cfg.weight_bits)
+        space = replace(space, weight_bits=bits)
     if cfg.act_bits is not None:
         space = replace(space, act_bits=(cfg.act_bits,))
     if cfg.no_train:
@@ -165,6 +171,8 @@ def search(cfg: SearchConfig) -> SearchResult:
     work; a search that fails leaves no output folder behind, unless it holds what a rerun continues from."""
     if cfg.backend not in BACKENDS:
         raise AutoselectError(f"unknown backend {cfg.backend!r}; choose one of {', '.join(BACKENDS)}")
+    if cfg.max_model_bits is not None and cfg.constraints.max_model_mb is not None:
+        raise AutoselectError("give --max-model-mb or --max-model-bits, not both")
     with output_dir(cfg.out, worth_keeping=_resumable):
         if cfg.backend == "ray":  # connect first: an unreachable cluster should fail before the profile, not after
             from autoselect.search.ray_backend import ray_session
@@ -226,7 +234,10 @@ def _search(cfg: SearchConfig, prepared: Any = None) -> SearchResult:
     # prior then ranks groups by the error those methods leave, so a layer they already repair draws no QAT
     t0 = time.perf_counter()
     prof_dir = out / "profile"
-    spec = with_defaults(target.spec(weight_bits=cfg.weight_bits, act_bits=cfg.act_bits), observer_named=False)
+    # several bit-widths: profiled at the lowest, where the groups differ most (the bit allocation scales from it)
+    target_bits = _target_bits(target)
+    bit_choices = tuple(sorted({target_bits if b is None else b for b in space.weight_bits}))
+    spec = with_defaults(target.spec(weight_bits=bit_choices[0], act_bits=cfg.act_bits), observer_named=False)
     if (prof_dir / "summary.json").is_file():
         report = SensitivityReport.load(prof_dir)
         _say(cfg, f"profile: reusing {prof_dir}")
@@ -253,8 +264,29 @@ def _search(cfg: SearchConfig, prepared: Any = None) -> SearchResult:
     starts = warm_starts(space, searched, sens, graph.total_params, space.prior_budgets, smooth) if cfg.prior else []
     ref = ModelRef(name=cfg.model, num_classes=lm.num_classes, input_size=size, weights_sha256=lm.weights_sha256)
 
-    def make_plan(params: Any, provenance: dict[str, Any] | None = None):
+    def raw_plan(params: Any, provenance: dict[str, Any] | None = None):
         return space.plan(groups, params, target=target.name, model=ref, fixed=fixed, provenance=provenance)
+
+    # 2b. bit-widths under a memory limit (--max-model-mb / --max-model-bits): see autoselect.search.bits
+    frozen = {k: ("freeze" if k.endswith(".action") and "freeze" in v else v[0]) for k, v in parameters.items()}
+    cfg, bit_budget = _bit_budget(cfg, space, groups, sens, bit_choices, frozen, raw_plan, lm.model, graph)
+    fixed_bits: dict[str, Any] = {}  # groups the search does not choose for: the allocation's bits
+    if bit_budget is not None:
+        allocated = _with_bits(frozen, bit_budget.allocate([g.name for g in groups]))
+        frozen = {k: v for k, v in allocated.items() if k in parameters}
+        fixed_bits = {k: v for k, v in allocated.items() if k.endswith(".bits") and k not in parameters}
+        starts = [{**s, **{k: v for k, v in allocated.items() if k.endswith(".bits") and k in parameters}}
+                  for s in starts]
+        _say(cfg, f"bit-widths: {len(bit_choices)} choices per group under {cfg.constraints.max_model_mb:.4f} MB; "
+                  f"the prior's allocation holds {_bits_summary(allocated)}")
+
+    def make_plan(params: Any, provenance: dict[str, Any] | None = None):
+        if bit_budget is not None:  # a draw over the memory limit is lowered until it fits (the plan says so)
+            merged = {**fixed_bits, **params}
+            bits = _bits_of(merged, groups, space.weight_bits[0], target_bits)
+            params = _with_bits(merged, bit_budget.fit_with(
+                bits, size=lambda b: _plan_bytes(_with_bits(merged, b), raw_plan, lm.model, graph)))
+        return raw_plan(params, provenance)
 
     # 3. latency: measured on the exported model where the target runs here, else the cost model
     calib = train.subset(cfg.proxy.calib_images, seed=cfg.seed)
@@ -262,8 +294,8 @@ def _search(cfg: SearchConfig, prepared: Any = None) -> SearchResult:
     if cfg.latency == "measure" or (cfg.latency == "auto" and target.runs_here):
         if not target.runs_here:
             raise AutoselectError(f"target {target.name} has no integer kernels here: use --latency cost")
-        if cfg.weight_bits not in (None, 8):
-            raise AutoselectError(f"{cfg.weight_bits}-bit weights cannot be exported for {target.name}: "
+        if any(b != 8 for b in bit_choices):
+            raise AutoselectError(f"{bit_choices[0]}-bit weights cannot be exported for {target.name}: "
                                   "use --latency cost")
         measure = measure_export_latency(lm.model, graph, calib.batches(128), target=target.name,
                                          work_dir=str(out / "latency_export"), runs=cfg.latency_runs)
@@ -273,8 +305,7 @@ def _search(cfg: SearchConfig, prepared: Any = None) -> SearchResult:
     # 4. the study
     evaluator = TrialEvaluator(lm.model, graph, train, val, cfg.proxy, latency, device=device, seed=cfg.seed)
     fp32_top1 = evaluator.val_top1(lm.model)
-    ptq_plan = make_plan({k: ("freeze" if k.endswith(".action") and "freeze" in v else v[0])
-                          for k, v in parameters.items()})
+    ptq_plan = make_plan(frozen)
     ptq_top1 = evaluator.ptq_top1(ptq_plan)  # cached: the prior's all-frozen trial costs nothing more
     _say(cfg, f"{cfg.model}: {len(groups)} groups ({len(searched)} searched), {len(parameters)} parameters; "
               f"validation ({len(val)} images): FP32 {fp32_top1:.2f}%, all frozen (PTQ) {ptq_top1:.2f}%; "
@@ -356,6 +387,58 @@ def _search(cfg: SearchConfig, prepared: Any = None) -> SearchResult:
         tmp.write_text(json.dumps(summary, indent=2) + "\n")
     return SearchResult(out=out, trials=df, front=front, chosen=chosen, plan_path=plan_path, fp32_top1=fp32_top1,
                         ptq_top1=ptq_top1, latency_unit=latency.unit, summary=summary)
+
+
+def _target_bits(target: Any) -> int:
+    spec = target.spec()
+    assert spec.weight is not None
+    return int(spec.weight.bits)
+
+
+def _bits_of(params: Mapping[str, Any], groups: Sequence[Group], first: int | None, target_bits: int) -> dict[str, int]:
+    """Each group's weight bit-width in ``params``: its own, else the space's first (``None``: the target's)."""
+    bits = {g.name: params.get(f"{g.name}.bits", first) for g in groups}
+    return {g: target_bits if b is None else int(b) for g, b in bits.items()}
+
+
+def _with_bits(params: Mapping[str, Any], bits: Mapping[str, int]) -> dict[str, Any]:
+    return {**params, **{f"{g}.bits": b for g, b in bits.items()}}
+
+
+def _bits_summary(params: Mapping[str, Any]) -> str:
+    counts = Counter(v for k, v in params.items() if k.endswith(".bits"))
+    return ", ".join(f"{n} group{'s' if n > 1 else ''} at {b} bits" for b, n in sorted(counts.items()))
+
+
+def _plan_bytes(params: Mapping[str, Any], raw_plan: Callable[..., Any], model: Any, graph: Any) -> int:
+    from autoselect.quant.apply import plan_specs, planned_size_bytes
+
+    specs, _ = plan_specs(raw_plan(params), graph)
+    return planned_size_bytes(model, graph, specs)
+
+
+def _bit_budget(cfg: SearchConfig, space: SearchSpace, groups: Sequence[Group], sens: Mapping[str, float],
+                choices: tuple[int, ...], frozen: Mapping[str, Any], raw_plan: Callable[..., Any], model: Any,
+                graph: Any) -> tuple[SearchConfig, BitBudget | None]:
+    """``cfg`` with ``--max-model-bits`` turned into its limit in MB, and the :class:`BitBudget` that allocates and
+    fits bit-widths where the space offers several and a memory limit is set (else None)."""
+    if cfg.max_model_bits is not None:
+        uniform = _with_bits(frozen, {g.name: cfg.max_model_bits for g in groups})
+        mb = _plan_bytes(uniform, raw_plan, model, graph) / 1e6
+        cfg = replace(cfg, constraints=replace(cfg.constraints, max_model_mb=mb))
+    if cfg.constraints.max_model_mb is None:
+        return cfg, None
+    smallest = _plan_bytes(_with_bits(frozen, {g.name: choices[0] for g in groups}), raw_plan, model, graph) / 1e6
+    if smallest > cfg.constraints.max_model_mb:
+        raise AutoselectError(f"the model takes {smallest:.4f} MB with every weight at {choices[0]} bits, over the "
+                              f"{cfg.constraints.max_model_mb:.4f} MB limit: no plan of this space fits")
+    if len(choices) < 2:
+        return cfg, None
+    weights = {g.name: sum(model.get_submodule(p).weight.numel() for p in g.layers) for g in groups}
+    budget = BitBudget(choices=choices, weights=weights, sensitivity=sens, ref_bits=choices[0],
+                       size=lambda bits: _plan_bytes(_with_bits(frozen, bits), raw_plan, model, graph),
+                       limit=int(cfg.constraints.max_model_mb * 1e6))
+    return cfg, budget
 
 
 def _trial_plan(make_plan, row: pd.Series, cfg: SearchConfig, unit: str):
