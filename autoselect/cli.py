@@ -63,7 +63,7 @@ _bits_list.__name__ = "bit-width list"
 
 def _common(p: argparse.ArgumentParser, *, data_default: str = "digits") -> None:
     p.add_argument("--model", help="torchvision name, registered name, or pkg.module:factory (default: the plan's "
-                                  "model for train/export, else mobilenet_v2)")
+                                  "model where a plan is given, else mobilenet_v2)")
     p.add_argument("--weights", help="FP32 checkpoint (.pt); without it the model has random weights")
     p.add_argument("--num-classes", type=POS, help="default: from the weights file, else from the data")
     p.add_argument("--input-size", type=POS, help="square input size; default: from the weights file, else 32")
@@ -75,12 +75,13 @@ def _common(p: argparse.ArgumentParser, *, data_default: str = "digits") -> None
 
 
 def _quant_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--target", default="generic", help="generic, x86, qnnpack, tensorrt, acl, snpe, tvm")
+    p.add_argument("--target", help="generic (default), x86, qnnpack, tensorrt, acl, snpe, tvm")
     p.add_argument("--weight-bits", type=POS, help="weight bit-width (simulation; default: the target's)")
     p.add_argument("--act-bits", type=POS, help="activation bit-width, 4-8 (generic targets: simulation only)")
     p.add_argument("--weight-observer", choices=["minmax", "mse", "percentile"],
                    help="weight ranges (default: minmax for plain PTQ; under post-training methods, theirs: mse)")
-    p.add_argument("--act-observer", default="minmax", choices=["minmax", "mse", "percentile"])
+    p.add_argument("--act-observer", choices=["minmax", "mse", "percentile"],
+                   help="activation ranges (default: minmax at 8 bits, mse below, as in plans)")
     p.add_argument("--calib-images", type=POS, default=1024, help="calibration images from the train split")
 
 
@@ -100,9 +101,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--train-images", type=POS, help="use a random subset of the train split")
     p.add_argument("--out", required=True, help="checkpoint file to write")
 
-    p = sub.add_parser("ptq", help="FP32 vs per-tensor and per-channel PTQ top-1")
+    p = sub.add_parser("ptq", help="FP32 vs per-tensor and per-channel PTQ top-1, or a plan's with nothing trained")
     _common(p)
     _quant_options(p)
+    p.add_argument("--plan", help="score this plan file (or built-in plan) with nothing trained, instead of the "
+                                  "per-tensor and per-channel schemes")
     p.add_argument("--eval-images", type=POS, help="evaluate on a random subset of the test split")
     p.add_argument("--plain-only", action="store_true",
                    help="only plain PTQ (round to nearest, no bias correction or equalization): the fast rows")
@@ -211,7 +214,7 @@ def _parser() -> argparse.ArgumentParser:
 def _spec(args: argparse.Namespace, *, per_channel: bool | None = None):
     from autoselect.quant.targets import get_target
 
-    return get_target(args.target).spec(weight_bits=args.weight_bits,
+    return get_target(args.target or "generic").spec(weight_bits=args.weight_bits,
                                         weight_observer=args.weight_observer or "minmax",
                                         act_observer=args.act_observer, per_channel=per_channel,
                                         act_bits=args.act_bits)
@@ -282,6 +285,8 @@ def _cmd_ptq(args: argparse.Namespace) -> int:
     from autoselect.ptq import ptq_table
     from autoselect.quant.targets import get_target
 
+    if args.plan:
+        return _ptq_of_plan(args)
     device = _device(args)
     plain = {"per_tensor": _spec(args, per_channel=False), "per_channel": _spec(args, per_channel=True)}
     schemes = dict(plain)
@@ -293,7 +298,7 @@ def _cmd_ptq(args: argparse.Namespace) -> int:
     assert prep.train is not None and prep.test is not None
     rows = ptq_table(prep.loaded.model, prep.train.batches(args.batch_size, device=device),
                      prep.test.batches(args.batch_size, device=device), schemes, device=device,
-                     progress=not args.quiet, integer_graph=get_target(args.target).runs_here)
+                     progress=not args.quiet, integer_graph=get_target(args.target or "generic").runs_here)
     print(f"{args.model} on {len(prep.test)} {args.data} test images; calibration: {len(prep.train)} train images")
     for row in rows:
         spec = schemes.get(row.name)
@@ -304,11 +309,49 @@ def _cmd_ptq(args: argparse.Namespace) -> int:
         print(f"  top-1 {row.top1:6.2f}%{same}  {label}{cost}")
     if args.json:
         with atomic_path(args.json) as tmp:
-            tmp.write_text(json.dumps({"model": args.model, "target": args.target,
+            tmp.write_text(json.dumps({"model": args.model, "target": args.target or "generic",
                                        "top1": {r.name: r.top1 for r in rows},
                                        "agreement_with_fp32": {r.name: r.agreement for r in rows[1:]},
                                        "seconds": {r.name: r.seconds for r in rows[1:]},
                                        "method_seconds": {r.name: r.method_seconds for r in rows[1:]}},
+                                      indent=2) + "\n")
+    return 0
+
+
+def _ptq_of_plan(args: argparse.Namespace) -> int:
+    """``autoselect ptq --plan``: the plan's quantization with nothing trained (its qat layers at their start)."""
+    import time
+
+    from autoselect.evaluate import accuracy
+    from autoselect.quant.apply import apply_plan, quantized_size_bytes
+
+    given = [opt for opt, value in (("--weight-bits", args.weight_bits), ("--act-bits", args.act_bits),
+                                    ("--weight-observer", args.weight_observer),
+                                    ("--act-observer", args.act_observer), ("--plain-only", args.plain_only or None))
+             if value is not None]
+    if given:
+        raise AutoselectError(f"{given[0]} does not apply with --plan: the plan sets each layer's quantization")
+    plan, plan_name = _resolve_plan(args)
+    if args.json:
+        check_output_file(args.json, "--json")
+    device = _device(args)
+    prep = _prepare(args, train_images=args.calib_images, test_images=args.eval_images)
+    assert prep.train is not None and prep.test is not None
+    size = prep.loaded.input_size
+    t0 = time.perf_counter()
+    qmodel = apply_plan(prep.loaded.model, plan, prep.train.batches(args.batch_size, device=device),
+                        input_shape=(1, 3, size, size), device=device, progress=not args.quiet)
+    seconds = time.perf_counter() - t0
+    top1 = accuracy(qmodel, prep.test.batches(512, device=device), device=device)
+    size_mb = quantized_size_bytes(qmodel) / 1e6
+    print(f"{plan_name}: top-1 {top1:.2f}% on {len(prep.test)} test images, nothing trained ({plan.target}; "
+          f"{size_mb:.4f} MB of weights; calibration with the post-training methods {seconds:.1f} s on "
+          f"{len(prep.train)} train images)")
+    if args.json:
+        with atomic_path(args.json) as tmp:
+            tmp.write_text(json.dumps({"plan": args.plan, "model": args.model, "target": plan.target, "top1": top1,
+                                       "size_mb": size_mb, "calib_seconds": seconds, "seed": args.seed,
+                                       "calib_images": len(prep.train), "test_images": len(prep.test)},
                                       indent=2) + "\n")
     return 0
 
@@ -501,8 +544,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = parser.parse_args(argv)
     except SystemExit as exc:  # argparse already printed its one-line usage error
         return int(exc.code or 0)
-    if getattr(args, "model", "") is None and args.command not in ("train", "export"):
-        args.model = DEFAULT_MODEL  # train/export take it from the plan
+    if getattr(args, "model", "") is None and args.command not in ("train", "export") \
+            and not getattr(args, "plan", None):
+        args.model = DEFAULT_MODEL  # train/export (and ptq --plan) take it from the plan
     try:
         return _COMMANDS[args.command](args)
     except AutoselectError as exc:

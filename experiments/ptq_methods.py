@@ -40,8 +40,14 @@ def main() -> None:
     ap.add_argument("--calib-images", type=int, default=1024)
     ap.add_argument("--test-images", type=int, default=None, help="default: all 10,000")
     ap.add_argument("--model", default="mobilenet_v2")
+    ap.add_argument("--adaround-iterations", type=int, default=None,
+                    help="AdaRound steps per layer (default: the method's, autoselect.quant.methods.adaround)")
     args = ap.parse_args()
     apply_threads(args)
+    if args.adaround_iterations is not None:
+        from autoselect.quant.methods import adaround
+
+        adaround.ITERATIONS = args.adaround_iterations
     lm = load_model(args.model, weights=args.weights)
     calib = load_images(args.data, split="train", limit=args.calib_images, seed=0).with_normalize(lm.normalize)
     test = load_images(args.data, split="test", limit=args.test_images, seed=0).with_normalize(lm.normalize)
@@ -59,7 +65,8 @@ def main() -> None:
                          "calib_s": secs, "method_s": dict(q.autoselect_method_seconds)})
             print(f"{regime:5s} {method:12s} top-1 {top1:6.2f}%  calibration {secs:6.1f} s", flush=True)
     save_result(args.out, {"date": str(date.today()), "weights": args.weights, "calib_images": len(calib),
-                           "test_images": len(test), "act_observer": args.act_observer, "rows": rows})
+                           "test_images": len(test), "act_observer": args.act_observer,
+                           "adaround_iterations": args.adaround_iterations, "rows": rows})
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Issue 14: the search at one regime, then its chosen plan retrained at the full budget with three training seeds
 # (`autoselect train --seed S`: calibration draw and training order both follow S), then one full-QAT run of the
-# same budget for the compute ratio. Usage (from the repository root):
+# same budget for the compute ratio (FULL_PLAN "-": none). Usage (from the repository root):
 #   experiments/search_then_train.sh NAME FULL_PLAN -- SEARCH_ARGS...
 # e.g. experiments/search_then_train.sh search_w4pca4 experiments/plans/full_qat_w4pca4.json -- --target generic \
 #        --weight-bits 4 --act-bits 4
@@ -17,5 +17,7 @@ for s in 0 1 2; do
   /usr/bin/time -v -o "$out/train_seed$s.time" autoselect train --plan "$out/plan.json" --weights $W --data $D \
     --seed $s --quiet --out "$out/train_seed$s"
 done
-/usr/bin/time -v -o "$out/full_qat.time" autoselect train --plan "$full" --weights $W --data $D --seed 0 --quiet \
-  --out "$out/full_qat_seed0"
+if [ "$full" != "-" ]; then
+  /usr/bin/time -v -o "$out/full_qat.time" autoselect train --plan "$full" --weights $W --data $D --seed 0 --quiet \
+    --out "$out/full_qat_seed0"
+fi

@@ -62,6 +62,22 @@ def test_baseline_then_ptq_then_profile(tmp_path, capsys):
     assert set(saved_ptq["agreement_with_fp32"]) == set(saved_ptq["seconds"])
     assert all(0 < a <= 100 for a in saved_ptq["agreement_with_fp32"].values())
     assert row.count("same as FP32") == 1
+    # a plan scored with nothing trained: its own bit-widths, and the same top-1 as `train` reports as its start
+    plan = tmp_path / "mixed.json"
+    plan.write_text(json.dumps({"version": 1, "target": "generic-pt", "model": {"name": "tests.helpers:tiny_net"},
+                                "layers": {"_default": {"action": "freeze", "weight_bits": 4},
+                                           "head": {"action": "qat", "weight_bits": 8}}}))
+    assert main(["ptq", "--quiet", "--weights", str(ckpt), "--plan", str(plan), "--calib-images", "64",
+                 "--eval-images", "64", "--json", str(tmp_path / "plan_ptq.json")]) == 0
+    scored = json.loads((tmp_path / "plan_ptq.json").read_text())
+    assert "nothing trained" in capsys.readouterr().out and scored["target"] == "generic-pt"
+    assert main(["train", "--quiet", "--weights", str(ckpt), "--plan", str(plan), "--calib-images", "64",
+                 "--eval-images", "64", "--steps", "1", "--out", str(tmp_path / "t")]) == 0
+    started = json.loads((tmp_path / "t" / "result.json").read_text())["ptq_top1"]
+    assert scored["top1"] == pytest.approx(started)
+    capsys.readouterr()
+    assert main(["ptq", "--quiet", "--weights", str(ckpt), "--plan", str(plan), "--weight-bits", "5"]) == 2
+    assert "--weight-bits does not apply with --plan" in capsys.readouterr().err
     out_dir = tmp_path / "prof"
     assert main(["profile", *TINY, "--weights", str(ckpt), "--calib-images", "64", "--out", str(out_dir),
                  "--isolated", "--isolated-images", "32", "--rank-by", "iso_qkl", "--top", "3"]) == 0

@@ -101,7 +101,7 @@ class _Optimizers:
     def __init__(self, qmodel: nn.Module, cfg: QATConfig) -> None:
         params = [p for p in qmodel.parameters() if p.requires_grad]
         if not params:
-            raise AutoselectError("the plan has no qat layer: nothing to train (evaluate it with PTQ instead)")
+            raise AutoselectError("the plan has no qat layer: nothing to train (score it with `autoselect ptq --plan`)")
         steps = _quantizer_params(qmodel)
         decay = [p for p in params if p.dim() > 1 and id(p) not in steps]
         no_decay = [p for p in params if p.dim() <= 1 and id(p) not in steps]
