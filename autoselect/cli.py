@@ -136,6 +136,9 @@ def _parser() -> argparse.ArgumentParser:
                    help="peak Adam rate of the learned quantizer steps and zero-points (LSQ; plans' learn_scales)")
     p.add_argument("--distill", type=float, default=0.0,
                    help="weight of distillation from the FP32 model, 0-1 (1: its outputs only, labels unused)")
+    p.add_argument("--dampen", type=float, default=0.0,
+                   help="oscillation dampening: final weight of the pull of retrained weights to their grid points "
+                        "(Nagel et al. 2022; rises from 0 on a cosine)")
     p.add_argument("--weight-decay", type=float, default=0.0,
                    help="SGD weight decay of the retrained weights (default none: 5e-4 cost accuracy from the "
                         "post-training state)")
@@ -425,7 +428,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     cfg = QATConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr, step_lr=args.step_lr,
                     warmup_steps=args.warmup_steps, weight_decay=args.weight_decay,
                     schedule=args.schedule, checkpoint=str(out / "qat.pt"), checkpoint_every=args.checkpoint_every,
-                    seed=args.seed, distill=args.distill)
+                    seed=args.seed, distill=args.distill, dampen=args.dampen)
     if args.resume and not (out / "qat.pt").is_file():
         raise AutoselectError(f"nothing to resume: {out / 'qat.pt'} does not exist")
     prep = _prepare(args, train_images=args.train_images, test_images=args.eval_images)

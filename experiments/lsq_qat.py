@@ -3,10 +3,10 @@
 Each regime's calibrated model (every post-training method its defaults give a bare plan: equalization, MSE
 ranges, AdaRound below 5 bits, bias correction) is made once; every variant then starts from a copy of it, so the
 PTQ start is the same for all of them and is reported beside each. Variants are
-``KIND:LR[:STEP_LR[:DISTILL[:WEIGHT_DECAY]]]`` with KIND ``lsq`` (learned steps, the plan default), ``fixed``
+``KIND:LR[:STEP_LR[:DISTILL[:WEIGHT_DECAY[:DAMPEN]]]]`` with KIND ``lsq`` (learned steps, the plan default), ``fixed``
 (``learn_scales: false``) or ``steps`` (learned steps and biases only: the weights keep their post-training values,
 an experiment, not a plan action), and DISTILL the weight of distillation from the FP32 model (0: labels only; 1:
-the FP32 model's outputs only).
+the FP32 model's outputs only) and DAMPEN the final weight of oscillation dampening (``QATConfig.dampen``).
 
     python experiments/lsq_qat.py --regimes w5pt --variants fixed:0.01 lsq:0.01 lsq:0.001 --seeds 0 \
         --out experiments/results/lsq_qat_w5pt.json
@@ -32,7 +32,7 @@ REGIMES = {"w8pt": ("generic-pt", 8), "w5pt": ("generic-pt", 5), "w4pt": ("gener
            "w4pc": ("generic", 4)}
 
 
-def _variant(text: str) -> tuple[str, str, float, float, float, float]:
+def _variant(text: str) -> tuple[str, str, float, float, float, float, float]:
     parts = text.split(":")
     kind, lr = parts[0], float(parts[1])
     if kind not in ("lsq", "fixed", "steps"):
@@ -40,7 +40,8 @@ def _variant(text: str) -> tuple[str, str, float, float, float, float]:
     step_lr = float(parts[2]) if len(parts) > 2 else 1e-3
     distill = float(parts[3]) if len(parts) > 3 else 0.0
     wd = float(parts[4]) if len(parts) > 4 else 5e-4
-    return text, kind, lr, step_lr, distill, wd
+    dampen = float(parts[5]) if len(parts) > 5 else 0.0
+    return text, kind, lr, step_lr, distill, wd, dampen
 
 
 def _plan(name: str, bits: int, act_bits: int | None, learn: bool, target: str) -> Plan:
@@ -81,7 +82,7 @@ def main() -> None:
     for regime in args.regimes:
         target, bits = REGIMES[regime]
         runs = [(v, n, s) for v in map(_variant, args.variants) for n in args.plans for s in args.seeds]
-        for (text, kind, lr, step_lr, distill, wd), name, seed in runs:
+        for (text, kind, lr, step_lr, distill, wd, dampen), name, seed in runs:
             plan = _plan(name, bits, args.act_bits, kind != "fixed", target)
             specs, actions = plan_specs(plan, graph)
             key = repr(sorted(specs.items()))
@@ -100,11 +101,11 @@ def main() -> None:
                     layer.layer.weight.requires_grad_(False)
             start = accuracy(q, test.batches(500))
             cfg = QATConfig(steps=args.steps, batch_size=args.batch_size, lr=lr, step_lr=step_lr, seed=seed,
-                            distill=distill, weight_decay=wd)
+                            distill=distill, weight_decay=wd, dampen=dampen)
             t = time.perf_counter()
             res = train_qat(q, train, test, cfg, teacher=lm.model if distill else None)
             row = {"regime": regime, "plan": name, "act_bits": args.act_bits or 8, "variant": text,
-                   "kind": kind, "weight_decay": wd, "lr": lr, "step_lr": step_lr, "distill": distill, "seed": seed,
+                   "kind": kind, "weight_decay": wd, "dampen": dampen, "lr": lr, "step_lr": step_lr, "distill": distill, "seed": seed,
                    "ptq_frozen_top1": frozen, "qat_start_top1": start, "qat_top1": res.top1,
                    "gain_over_start": (res.top1 or 0) - start, "train_s": time.perf_counter() - t,
                    "retrained_pct": 100 * retrained_fraction(q), "calib_s": calib_s,

@@ -33,7 +33,7 @@ from autoselect.errors import AutoselectError, first_line
 from autoselect.evaluate import accuracy
 from autoselect.quant.apply import quantizer_params as _quantizer_params
 
-__all__ = ["QATConfig", "QATResult", "load_qat_checkpoint", "train_qat", "uses_channels_last"]
+__all__ = ["QATConfig", "QATResult", "dampening_loss", "load_qat_checkpoint", "train_qat", "uses_channels_last"]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -57,6 +57,9 @@ class QATConfig:
     distill: float = 0.0
     # learned quantizer steps (as logarithms) and zero-points (LSQ/LSQ+): Adam at this rate, on the same schedule
     step_lr: float = 1e-3
+    # oscillation dampening (Nagel et al. 2022): + dampen(t) * sum over retrained weights of (w_q - clip(w))^2, the
+    # latent weights pulled to the grid point they round to; dampen(t) rises from 0 to ``dampen`` on a cosine
+    dampen: float = 0.0
     checkpoint: str | None = None
     checkpoint_every: int = 100
     seed: int = 0
@@ -66,6 +69,8 @@ class QATConfig:
             raise AutoselectError(f"steps must be at least 1, got {self.steps}")
         if not (self.lr > 0 and self.step_lr >= 0):
             raise AutoselectError(f"lr must be positive and step_lr non-negative, got {self.lr} and {self.step_lr}")
+        if self.dampen < 0:
+            raise AutoselectError(f"dampen must be non-negative, got {self.dampen}")
         if not 0.0 <= self.distill <= 1.0:
             raise AutoselectError(f"distill must be between 0 and 1, got {self.distill}")
         if self.schedule not in ("cosine", "step"):
@@ -194,6 +199,28 @@ def _loss(logits: torch.Tensor, y: torch.Tensor, x: torch.Tensor, teacher: nn.Mo
     return kd if distill >= 1 else (1 - distill) * F.cross_entropy(logits, y) + distill * kd
 
 
+def dampening_loss(qmodel: nn.Module) -> torch.Tensor:
+    """Oscillation dampening's regularizer: the squared distance of every retrained latent weight (clipped to its
+    grid's range) from the grid point it rounds to, summed. The grid (step, zero-point) is held fixed here, so the
+    term moves the weights only, not learned steps."""
+    from autoselect.quant.simulate import quant_layers
+
+    total = torch.zeros(())
+    for ql in quant_layers(qmodel).values():
+        tq = ql.spec.weight if ql.spec is not None else None
+        if tq is None or not ql.layer.weight.requires_grad:
+            continue
+        w = ql.effective_weight()
+        with torch.no_grad():
+            target = ql.quantized_weight().detach()
+            scale, zp = ql.weight_qparams()
+            shape = [-1] + [1] * (w.dim() - 1) if scale.dim() else []
+            s, z = scale.view(shape).to(w), zp.view(shape).to(w)
+            lo, hi = (tq.qmin - z) * s, (tq.qmax - z) * s
+        total = total.to(w.device) + (target - torch.maximum(torch.minimum(w, hi), lo)).pow(2).sum()
+    return total
+
+
 def train_qat(
     qmodel: nn.Module,
     train: ImageSet,
@@ -254,6 +281,9 @@ def train_qat(
             if channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
             loss = _loss(qmodel(x), y, x, teacher, cfg.distill)
+            if cfg.dampen > 0:
+                ramp = 0.5 * (1.0 - math.cos(math.pi * min(1.0, step / max(1, cfg.steps - 1))))
+                loss = loss + cfg.dampen * ramp * dampening_loss(qmodel)
             loss.backward()
             opt.step()
             step += 1
