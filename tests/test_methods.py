@@ -224,3 +224,39 @@ def test_block_inputs_match_a_full_forward_pass_for_every_layer(tiny, batches):
         chained += before is not None and before != info.block
         torch.testing.assert_close(got, layer_inputs(q, info.path, batches, cpu), rtol=1e-5, atol=1e-5)
     assert chained >= 3  # stem -> blocks.0 -> blocks.1 -> blocks.2 -> head: the blocks were walked in order
+
+
+def test_learned_roundings_are_reused_between_calibrations_of_one_model(tiny, batches, monkeypatch):
+    """With a ``reuse`` dict, a layer's AdaRound rounding is learned once per (layer, spec, weight, input grid):
+    calibrating the same configuration again learns nothing, one that moves one layer to another bit-width learns
+    that layer only, and a reused layer has the integer weights it was learned with."""
+    from autoselect.models import build_layer_graph
+    from autoselect.plan import LayerAction, Plan
+    from autoselect.quant.apply import calibrated_model, plan_specs
+    from autoselect.quant.methods import adaround
+
+    graph = build_layer_graph(tiny, (1, 3, 32, 32))
+    learned: list[int] = []
+    real = adaround.adaround_layer
+    monkeypatch.setattr(adaround, "ITERATIONS", 50)
+    monkeypatch.setattr(adaround, "adaround_layer", lambda ql, *a, **kw: learned.append(1) or real(ql, *a, **kw))
+
+    def calibrated(plan, reuse):
+        specs, _ = plan_specs(plan, graph)
+        return calibrated_model(tiny, specs, graph, batches, target=plan.target, reuse=reuse)
+
+    four = Plan(layers={"_default": LayerAction(weight_bits=4)}, target="generic-pt")
+    reuse: dict = {}
+    first = calibrated(four, reuse)
+    n = len(graph.paths)
+    assert len(learned) == n and len(reuse) == n
+    again = calibrated(four, reuse)
+    assert len(learned) == n  # nothing learned again
+    for path, ql in quant_layers(first).items():
+        torch.testing.assert_close(quant_layers(again)[path].quantized_weight(), ql.quantized_weight())
+    one = Plan(layers={graph.paths[-1]: LayerAction(weight_bits=3), "_default": LayerAction(weight_bits=4)},
+               target="generic-pt")
+    calibrated(one, reuse)
+    assert len(learned) == n + 1  # only the layer at 3 bits
+    calibrated(four, None)
+    assert len(learned) == 2 * n + 1  # without a reuse dict every layer is learned

@@ -92,6 +92,9 @@ class TrialEvaluator:
         # (``ptq_cache`` passes one evaluator's cache to another: the Ray backend's trials start from the driver's)
         self._ptq_top1: dict[str, float] = dict(ptq_cache or {})
         self._calibrated: dict[str, nn.Module] = {}
+        # learned roundings (AdaRound) by layer, spec and weight, shared between configurations: in a bit-width
+        # search a layer's 4-bit rounding is learned once, not once per trial that puts it at 4 bits
+        self._reuse: dict = {}
         self.calib_seconds = 0.0  # spent by _base in calibration and post-training methods, all calls together
 
     def val_top1(self, model: nn.Module) -> float:
@@ -110,7 +113,7 @@ class TrialEvaluator:
         if base is None:
             t0 = time.perf_counter()
             base = calibrated_model(self.model, specs, self.graph, self.calib.batches(128, device=self.device),
-                                    target=plan.target, device=self.device)
+                                    target=plan.target, device=self.device, reuse=self._reuse)
             self.calib_seconds += time.perf_counter() - t0
         self._calibrated[key] = base  # most recently used last
         while len(self._calibrated) > CALIBRATED_CACHE:

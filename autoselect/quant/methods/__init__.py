@@ -22,7 +22,7 @@ from __future__ import annotations
 import copy
 import time
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 import torch
 import torch.nn as nn
@@ -33,7 +33,7 @@ from autoselect.quant.layer import QuantLayer
 from autoselect.quant.spec import QuantSpec
 
 __all__ = ["MethodContext", "METHODS", "ROUNDINGS", "check_methods", "default_rounding", "default_weight_observer",
-           "defaults",
+           "defaults", "fixed_rounding", "rounding_key",
            "register_method", "run_methods", "run_transforms", "with_defaults"]
 
 
@@ -50,16 +50,55 @@ class MethodContext:
     device: torch.device
     progress: bool = False
     graph: LayerGraph | None = None  # the model's layer graph (``quantize_model`` keeps it on the model)
+    # roundings learned in earlier calibrations of the same model, by :func:`rounding_key`: a caller that calibrates
+    # many quantization configurations (the search) passes one dict, and a rounding method reuses a layer found
+    # there instead of learning it again. An approximation where the layers before it are quantized otherwise now
+    # (the rounding was learned on the inputs they gave then); None: every layer is learned
+    reuse: dict | None = None
+    _keys: dict = field(default_factory=dict)  # path -> its rounding_key before the method changed the weight
 
     def layer(self, path: str) -> QuantLayer:
         ql = self.model.get_submodule(path)
         assert isinstance(ql, QuantLayer)
         return ql
 
+    def reused(self, path: str) -> bool:
+        """Whether ``path``'s rounding was found in :attr:`reuse` (and is now fixed as it was learned there)."""
+        if self.reuse is None:
+            return False
+        ql = self.layer(path)
+        self._keys[path] = key = rounding_key(path, ql)
+        hit = self.reuse.get(key)
+        if hit is not None:
+            ql.fix_weight(*hit)
+        return hit is not None
+
+    def keep(self, path: str) -> None:
+        """Put ``path``'s fixed rounding into :attr:`reuse` (after the method learned it)."""
+        if self.reuse is not None and path in self._keys:
+            self.reuse[self._keys.pop(path)] = fixed_rounding(self.layer(path))
+
     def reference_layer(self, path: str) -> QuantLayer:
         ql = self.reference.get_submodule(path)
         assert isinstance(ql, QuantLayer)
         return ql
+
+
+def rounding_key(path: str, ql: QuantLayer) -> tuple:
+    """What a learned rounding depends on besides the layers before it: the layer, its spec, its float weight
+    (before rounding) and its input grid."""
+    w = ql.effective_weight().detach().double()
+    scale, zp = ql.act_qparams() if ql.act_calibrated else (torch.zeros(()), torch.zeros(()))
+    return (path, repr(ql.spec), tuple(w.shape), round(float(w.sum()), 9), round(float(w.pow(2).sum()), 9),
+            round(float(scale.double().sum()), 12), round(float(zp.double().sum()), 6))
+
+
+def fixed_rounding(ql: QuantLayer) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(weight_int, scale, zero_point)`` of a layer whose rounding is fixed, as ``QuantLayer.fix_weight`` takes."""
+    scale, zp = ql.weight_qparams()
+    w = ql.effective_weight().detach()
+    shape = [-1] + [1] * (w.dim() - 1) if scale.dim() else []
+    return (torch.round(w / scale.view(shape).to(w)) + zp.view(shape).to(w)).cpu(), scale.clone(), zp.clone()
 
 
 @dataclass(frozen=True)
@@ -164,18 +203,18 @@ def run_transforms(model: nn.Module, data: Iterable, *, device: torch.device | s
 
 
 def run_methods(model: nn.Module, data: Iterable, *, device: torch.device | str = "cpu",
-                progress: bool = False) -> dict[str, float]:
+                progress: bool = False, reuse: dict | None = None) -> dict[str, float]:
     """Apply every registered rounding and correction method to the layers whose spec asks for it; returns seconds
     per method run (kept, with the transforms', in ``model.autoselect_method_seconds``). ``model`` must be
     calibrated and is left in quant mode."""
-    seconds = _run(model, data, ("rounding", "correction"), device, progress, reference=True)
+    seconds = _run(model, data, ("rounding", "correction"), device, progress, reference=True, reuse=reuse)
     model.autoselect_method_seconds = {**getattr(model, "autoselect_method_seconds", {}),  # type: ignore[assignment]
                                        **seconds}
     return seconds
 
 
 def _run(model: nn.Module, data: Iterable, kinds: tuple[str, ...], device: torch.device | str, progress: bool, *,
-         reference: bool) -> dict[str, float]:
+         reference: bool, reuse: dict | None = None) -> dict[str, float]:
     from autoselect.quant.simulate import quant_layers, set_mode
 
     layers = {p: ql for p, ql in quant_layers(model).items() if ql.spec is not None}
@@ -195,7 +234,7 @@ def _run(model: nn.Module, data: Iterable, kinds: tuple[str, ...], device: torch
             set_mode(model, mode)
             method.run(MethodContext(model=model, reference=ref, paths=paths, data=data,
                                      device=torch.device(device), progress=progress,
-                                     graph=getattr(model, "autoselect_graph", None)))
+                                     graph=getattr(model, "autoselect_graph", None), reuse=reuse))
             seconds[method.name] = time.perf_counter() - t0
     set_mode(model, mode)
     return seconds

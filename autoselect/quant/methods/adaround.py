@@ -246,6 +246,8 @@ def _run(ctx: MethodContext) -> None:
     blocks = {info.path: info.block for info in ctx.graph} if ctx.graph is not None else {}
     inputs_q, inputs_fp = BlockInputs(ctx.model, ctx.data, ctx.device), BlockInputs(ctx.reference, ctx.data, ctx.device)
     for i, path in enumerate(tqdm(ctx.paths, desc="adaround", disable=not ctx.progress, leave=False)):
+        if ctx.reused(path):
+            continue
         ql = ctx.layer(path)
         block = blocks.get(path)
         if block is None:  # no layer graph: the whole prefix, per layer
@@ -254,3 +256,4 @@ def _run(ctx: MethodContext) -> None:
         else:
             x_q, x_fp = inputs_q(block, path), inputs_fp(block, path)
         adaround_layer(ql, x_q, x_fp, ctx.reference_layer(path), iterations=ITERATIONS, seed=i)
+        ctx.keep(path)
