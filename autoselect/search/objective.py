@@ -78,7 +78,7 @@ class TrialEvaluator:
 
     def __init__(self, model: nn.Module, graph: LayerGraph, train: ImageSet, val: ImageSet, budget: ProxyBudget,
                  latency: LatencyModel, *, device: torch.device | str = "cpu", seed: int = 0,
-                 ptq_cache: dict[str, float] | None = None) -> None:
+                 ptq_cache: dict[str, float] | None = None, reuse: dict | None = None) -> None:
         self.model = model.eval()
         self.graph = graph
         self.train, self.val = train, val
@@ -94,7 +94,7 @@ class TrialEvaluator:
         self._calibrated: dict[str, nn.Module] = {}
         # learned roundings (AdaRound) by layer, spec and weight, shared between configurations: in a bit-width
         # search a layer's 4-bit rounding is learned once, not once per trial that puts it at 4 bits
-        self._reuse: dict = {}
+        self._reuse: dict = {} if reuse is None else reuse
         self.calib_seconds = 0.0  # spent by _base in calibration and post-training methods, all calls together
 
     def val_top1(self, model: nn.Module) -> float:

@@ -238,13 +238,15 @@ def _search(cfg: SearchConfig, prepared: Any = None) -> SearchResult:
     target_bits = _target_bits(target)
     bit_choices = tuple(sorted({target_bits if b is None else b for b in space.weight_bits}))
     spec = with_defaults(target.spec(weight_bits=bit_choices[0], act_bits=cfg.act_bits), observer_named=False)
+    reuse: dict = {}  # learned roundings: the profile's, then each trial's (see MethodContext.reuse)
     if (prof_dir / "summary.json").is_file():
         report = SensitivityReport.load(prof_dir)
         _say(cfg, f"profile: reusing {prof_dir}")
     else:
         _say(cfg, f"profile: {spec.describe()} on {min(cfg.profile_images, len(train))} images")
         report = profile(lm.model, train.subset(cfg.profile_images, seed=cfg.seed).batches(128, device=device),
-                         spec=spec, graph=graph, device=device, progress=cfg.progress, model_name=cfg.model)
+                         spec=spec, graph=graph, device=device, progress=cfg.progress, model_name=cfg.model,
+                         reuse=reuse)
         report.save(prof_dir)
     profile_s = time.perf_counter() - t0
 
@@ -303,7 +305,8 @@ def _search(cfg: SearchConfig, prepared: Any = None) -> SearchResult:
     _say(cfg, f"latency: {latency.unit}")
 
     # 4. the study
-    evaluator = TrialEvaluator(lm.model, graph, train, val, cfg.proxy, latency, device=device, seed=cfg.seed)
+    evaluator = TrialEvaluator(lm.model, graph, train, val, cfg.proxy, latency, device=device, seed=cfg.seed,
+                               reuse=reuse)
     fp32_top1 = evaluator.val_top1(lm.model)
     ptq_plan = make_plan(frozen)
     ptq_top1 = evaluator.ptq_top1(ptq_plan)  # cached: the prior's all-frozen trial costs nothing more

@@ -51,9 +51,10 @@ class MethodContext:
     progress: bool = False
     graph: LayerGraph | None = None  # the model's layer graph (``quantize_model`` keeps it on the model)
     # roundings learned in earlier calibrations of the same model, by :func:`rounding_key`: a caller that calibrates
-    # many quantization configurations (the search) passes one dict, and a rounding method reuses a layer found
-    # there instead of learning it again. An approximation where the layers before it are quantized otherwise now
-    # (the rounding was learned on the inputs they gave then); None: every layer is learned
+    # many quantization configurations (the search: its profile, then its trials) passes one dict, and a rounding
+    # method reuses a layer found there instead of learning it again. An approximation where the layers before it
+    # are quantized otherwise now, or the calibration images differ (the rounding was learned on the inputs it had
+    # then); None: every layer is learned
     reuse: dict | None = None
     _keys: dict = field(default_factory=dict)  # path -> its rounding_key before the method changed the weight
 
@@ -85,12 +86,10 @@ class MethodContext:
 
 
 def rounding_key(path: str, ql: QuantLayer) -> tuple:
-    """What a learned rounding depends on besides the layers before it: the layer, its spec, its float weight
-    (before rounding) and its input grid."""
+    """What a learned rounding depends on besides the calibration images and the layers before it: the layer, its
+    spec (bit-width, grid, range observer, methods) and its float weight before rounding."""
     w = ql.effective_weight().detach().double()
-    scale, zp = ql.act_qparams() if ql.act_calibrated else (torch.zeros(()), torch.zeros(()))
-    return (path, repr(ql.spec), tuple(w.shape), round(float(w.sum()), 9), round(float(w.pow(2).sum()), 9),
-            round(float(scale.double().sum()), 12), round(float(zp.double().sum()), 6))
+    return (path, repr(ql.spec), tuple(w.shape), round(float(w.sum()), 9), round(float(w.pow(2).sum()), 9))
 
 
 def fixed_rounding(ql: QuantLayer) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
