@@ -269,6 +269,7 @@ def _cmd_graph(args: argparse.Namespace) -> int:
 def _cmd_baseline(args: argparse.Namespace) -> int:
     from autoselect.models import save_checkpoint
     from autoselect.train import train_baseline
+    from autoselect.train.baseline import BN_IMAGES
 
     check_output_file(args.out, "--out")
     prep = _prepare(args, train_images=args.train_images, warn_untrained=False)
@@ -280,7 +281,10 @@ def _cmd_baseline(args: argparse.Namespace) -> int:
     save_checkpoint(args.out, lm.model, model_name=lm.name, num_classes=lm.num_classes, input_size=lm.input_size,
                     normalize=prep.train.normalize, test_acc=res.best_acc, epoch=res.best_epoch,
                     data=args.data, history=res.history)
-    print(f"FP32 top-1 {res.best_acc:.2f}% (epoch {res.best_epoch}/{args.epochs}) -> {args.out}")
+    if res.warning:
+        print(f"warning: {res.warning}", file=sys.stderr)
+    print(f"FP32 top-1 {res.best_acc:.2f}% (epoch {res.best_epoch}/{args.epochs}; BatchNorm statistics "
+          f"re-estimated on {min(BN_IMAGES, len(prep.train))} train images) -> {args.out}")
     return 0
 
 
