@@ -93,3 +93,30 @@ def test_fed_by_is_the_sole_producer_of_a_layers_input(tiny):
     r = build_layer_graph(create_model("resnet18", num_classes=10))
     # the same ReLU module runs twice in a BasicBlock (after bn1 and after the sum): not a private activation
     assert r["layer1.0.conv1"].activation_path == "layer1.0.relu" and r["layer1.0.conv2"].fed_by is None
+
+
+def test_stages_are_split_into_their_residual_units():
+    """RegNet's stages (``AnyStage``, a ``Sequential`` subclass) hold up to 12 residual units: each unit is a block
+    (a search group), not the stage; a ``Conv2dNormActivation`` (one conv with its norm and activation) stays one
+    block."""
+    g = build_layer_graph(create_model("regnet_x_400mf", num_classes=10), (1, 3, 32, 32))
+    assert "trunk_output.block4" not in g.blocks
+    units = [b for b in g.blocks if b.startswith("trunk_output.block4.")]
+    assert len(units) == 12 and all(len(g.block_layers(b)) >= 3 for b in units)
+
+    class Stage(nn.Sequential):
+        pass
+
+    class Unit(nn.Module):
+        def __init__(self, c: int) -> None:
+            super().__init__()
+            self.a, self.b = nn.Conv2d(c, c, 3, padding=1), nn.Conv2d(c, c, 1)
+
+        def forward(self, x):
+            return x + self.b(self.a(x).relu())
+
+    net = nn.Sequential(nn.Conv2d(3, 8, 3), Stage(Unit(8), Unit(8)), Stage(nn.Conv2d(8, 8, 1), nn.ReLU()))
+    blocks = build_layer_graph(net, (1, 3, 16, 16)).blocks
+    assert blocks == ["0", "1.0", "1.1", "2"]
+    v2 = build_layer_graph(create_model("mobilenet_v2", num_classes=10), (1, 3, 32, 32))
+    assert v2.blocks[0] == "features.0" and v2.blocks[-2] == "features.18"  # Conv2dNormActivation: one block

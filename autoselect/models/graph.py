@@ -4,7 +4,8 @@ Everything is derived from the module structure and one traced forward pass, not
 
 - **quantizable layers** are ``nn.Conv2d`` and ``nn.Linear`` modules, in the order the forward pass calls them;
 - a layer's **block** is its outermost ancestor below the root that is not a plain container (``Sequential``,
-  ``ModuleList``, ``ModuleDict``): an ``InvertedResidual``, ``BasicBlock`` or ``MBConv``; a layer with no such
+  ``ModuleList``, ``ModuleDict``) or a stage (a subclass of one that chains at least two units, as RegNet's
+  ``AnyStage``): an ``InvertedResidual``, ``BasicBlock``, ``MBConv`` or ``ResBottleneckBlock``; a layer with no such
   ancestor is its own block (``fc``, ``classifier.1``);
 - **roles**: ``depthwise`` (groups == in_channels > 1); inside a block with a depthwise layer, a 1x1 conv before it
   is ``expand``, a 1x1 conv fed by a global pool is ``se`` (squeeze-excitation), and the last other 1x1 conv after
@@ -112,11 +113,23 @@ class LayerGraph:
         return pd.DataFrame(rows)
 
 
+def _is_stage(module: nn.Module) -> bool:
+    """A subclass of a plain container that chains units (RegNet's ``AnyStage``): at least two of its children are
+    modules of their own (not bare layers) holding a quantizable layer. Those children are the blocks, one per
+    residual unit. A ``Conv2dNormActivation`` (conv, norm, activation: one unit) is not a stage."""
+    if not isinstance(module, _CONTAINERS):
+        return False
+    units = [c for c in module.children()
+             if next(c.children(), None) is not None and any(isinstance(m, QUANTIZABLE) for m in c.modules())]
+    return len(units) >= 2
+
+
 def _block_of(model: nn.Module, path: str) -> str:
     parts = path.split(".")
     for i in range(1, len(parts) + 1):
         prefix = ".".join(parts[:i])
-        if type(model.get_submodule(prefix)) not in _CONTAINERS:
+        module = model.get_submodule(prefix)
+        if type(module) not in _CONTAINERS and not _is_stage(module):
             return prefix
     return path
 
