@@ -480,15 +480,19 @@ def _cmd_export(args: argparse.Namespace) -> int:
         s = export_and_measure(qmodel, prep.train.batches(args.batch_size), prep.test.batches(256), out,
                                input_shape=(1, 3, size, size), latency_runs=args.latency_runs,
                                extra={"plan": args.plan, "target": plan.target, "checkpoint": args.checkpoint,
-                                      "test_images": len(prep.test)})
+                                      "test_images": len(prep.test)}, fp32_model=prep.loaded.model)
     best, lat = s["latency_threads"], s["latency_ms_by_threads"]
     print(f"{s['int8_onnx']}: {s['int8_bytes'] / 1e6:.2f} MB (FP32 {s['fp32_bytes'] / 1e6:.2f} MB)")
+    a = s["agreement"]
     print(f"top-1 on {len(prep.test)} test images: simulated {s['simulated_top1']:.2f}%, onnxruntime INT8 "
-          f"{s['int8_top1']:.2f}%")
+          f"{s['int8_top1']:.2f}%; same prediction as the simulation on {a['int8_vs_simulated']:.2f}% of the images "
+          f"(INT8 vs FP32 {a['int8_vs_fp32']:.2f}%, simulated vs FP32 {a['simulated_vs_fp32']:.2f}%)")
     print(f"batch-1 latency (onnxruntime, each at its fastest thread count): INT8 {s['int8_latency_ms']:.3f} ms "
           f"({best['int8']} thread{'s' if best['int8'] > 1 else ''}), FP32 {s['fp32_latency_ms']:.3f} ms "
           f"({best['fp32']} thread{'s' if best['fp32'] > 1 else ''}): {s['int8_over_fp32']:.2f}x; one thread each: "
           f"{s['int8_over_fp32_one_thread']:.2f}x")
+    for line in s["warnings"]:
+        print(f"warning: {line}", file=sys.stderr)
     return 0
 
 

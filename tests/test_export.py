@@ -184,3 +184,25 @@ def test_learned_steps_are_what_the_export_writes(tmp_path):
         sim = q(x).numpy()
     real = ort_session(res.int8_path).run(None, {"input": x.numpy()})[0]
     assert (real.argmax(1) == sim.argmax(1)).mean() >= 0.95
+
+
+def test_export_report_warns_when_the_export_disagrees_with_the_simulation(tmp_path, monkeypatch):
+    """Agreement is counted image by image: an INT8 model that predicts other classes than the simulation on some
+    images is reported, and warned about below 99%, even where the top-1 against the labels would hide it."""
+    from autoselect.export import report
+
+    data = _data()
+    q = apply_plan(_model(data), Plan(layers={"_default": LayerAction()}, target="x86"), data)
+    real = report.ort_predictions
+
+    def shifted(path, batches, **kw):  # what a wrong export would predict: every tenth image another class
+        pred = real(path, batches, **kw)
+        pred[::10] = (pred[::10] + 1) % 10
+        return pred
+
+    monkeypatch.setattr(report, "ort_predictions", shifted)
+    s = report.export_and_measure(q, data, data, tmp_path, input_shape=(1, 3, 32, 32), latency_runs=2,
+                                  fp32_model=_model(data))
+    assert s["agreement"]["int8_vs_simulated"] <= 90.0 + 1e-9 and s["agreement_images"] == 64
+    assert any("predicts what the simulation predicts on only" in w for w in s["warnings"])
+    assert 0.0 <= s["agreement"]["simulated_vs_fp32"] <= 100.0

@@ -1,5 +1,12 @@
 """``export_and_measure``: export a quantized model, then score and time the integer model next to its simulation
-and its FP32 original, and write ``export.json`` — what ``autoselect export`` prints, for Python users too."""
+and its FP32 original, and write ``export.json`` — what ``autoselect export`` prints, for Python users too.
+
+Besides top-1 against the labels, it reports **per-image agreement** (the share of images with the same predicted
+class, label-free): the exported INT8 model against the simulation, and each against the FP32 model. A gap in
+top-1 can hide many disagreements that cancel; agreement does not. ``warnings`` lists what the user should not
+miss: the export agreeing with the simulation on fewer than :data:`AGREEMENT_WARNING` % of the images, INT8 slower
+than FP32.
+"""
 
 from __future__ import annotations
 
@@ -8,33 +15,70 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import torch
 import torch.nn as nn
 
 from autoselect._io import atomic_path
-from autoselect.evaluate import accuracy
+from autoselect.data.batches import split_batch
 from autoselect.export.onnx_export import export
-from autoselect.export.runtime import latency_by_threads, ort_accuracy
+from autoselect.export.runtime import latency_by_threads, ort_predictions
 
-__all__ = ["export_and_measure"]
+__all__ = ["AGREEMENT_WARNING", "export_and_measure"]
+
+AGREEMENT_WARNING = 99.0  # % of images on which the export and the simulation must predict the same class
+
+
+@torch.no_grad()
+def _predictions(model: nn.Module, data: Iterable) -> tuple[np.ndarray, np.ndarray]:
+    """Predicted classes and labels (-1 where a batch has none) of ``model`` over ``data``, on the CPU."""
+    model.eval()
+    preds, labels = [], []
+    for batch in data:
+        x, y = split_batch(batch)
+        preds.append(model(x.cpu()).argmax(1).numpy())
+        labels.append(y.cpu().numpy() if y is not None else np.full(len(x), -1))
+    return np.concatenate(preds), np.concatenate(labels)
+
+
+def _pct(mask: np.ndarray) -> float:
+    return 100.0 * float(mask.mean()) if len(mask) else float("nan")
 
 
 def export_and_measure(qmodel: nn.Module, calibration: Iterable, test: Iterable, out_dir: str | Path, *,
                        input_shape: tuple[int, ...], latency_runs: int = 200,
-                       extra: dict[str, Any] | None = None) -> dict[str, Any]:
+                       extra: dict[str, Any] | None = None, fp32_model: nn.Module | None = None) -> dict[str, Any]:
     """Write ``model_fp32.onnx``, ``model_int8.onnx`` and ``export.json`` (with ``extra`` merged in) to
     ``out_dir``; return that summary: sizes, simulated and onnxruntime top-1 on ``test`` (a re-iterable of
-    labelled batches), and batch latency of both models at 1 thread and at every core."""
+    labelled batches), per-image agreement of the INT8 model with the simulation (and of both with ``fp32_model``,
+    the original float model, when given), batch latency of both models at 1 thread and at every core, and
+    ``warnings``."""
     out = Path(out_dir)
     res = export(qmodel, calibration, out, input_shape=input_shape)
-    sim = accuracy(qmodel, test)
-    real = ort_accuracy(res.int8_path, test)
+    sim_pred, labels = _predictions(qmodel, test)
+    int8_pred = ort_predictions(res.int8_path, test)
+    labelled = labels >= 0
+    sim, real = _pct(sim_pred[labelled] == labels[labelled]), _pct(int8_pred[labelled] == labels[labelled])
+    agreement = {"int8_vs_simulated": _pct(int8_pred == sim_pred)}
+    if fp32_model is not None:
+        fp32_pred, _ = _predictions(fp32_model, test)
+        agreement.update({"int8_vs_fp32": _pct(int8_pred == fp32_pred), "simulated_vs_fp32": _pct(sim_pred == fp32_pred)})
     batch1 = (1, *input_shape[1:])
     lat = latency_by_threads({"fp32": res.fp32_path, "int8": res.int8_path}, batch1, runs=latency_runs)
     best = {k: min(v.items(), key=lambda item: item[1])[0] for k, v in lat.items()}  # each at its fastest count
     fp32_ms, int8_ms = lat["fp32"][best["fp32"]], lat["int8"][best["int8"]]
+    warnings = []
+    if agreement["int8_vs_simulated"] < AGREEMENT_WARNING:
+        warnings.append(f"the INT8 model predicts what the simulation predicts on only "
+                        f"{agreement['int8_vs_simulated']:.1f}% of {len(sim_pred)} images (below "
+                        f"{AGREEMENT_WARNING:g}%): the simulated accuracy does not describe the exported model")
+    if int8_ms > fp32_ms:
+        warnings.append(f"INT8 is slower than FP32 here ({int8_ms:.3f} ms against {fp32_ms:.3f} ms at batch 1, each "
+                        "at its fastest thread count)")
     summary = {**(extra or {}),
                "fp32_onnx": str(res.fp32_path), "int8_onnx": str(res.int8_path), "fp32_bytes": res.fp32_bytes,
                "int8_bytes": res.int8_bytes, "simulated_top1": sim, "int8_top1": real,
+               "agreement": agreement, "agreement_images": len(sim_pred), "warnings": warnings,
                "fp32_latency_ms": fp32_ms, "int8_latency_ms": int8_ms, "latency_threads": best,
                "latency_ms_by_threads": lat, "int8_over_fp32": int8_ms / fp32_ms,
                "int8_over_fp32_one_thread": lat["int8"][1] / lat["fp32"][1], "fp32_layers": res.fp32_layers}

@@ -12,7 +12,7 @@ import numpy as np
 
 from autoselect.data.batches import split_batch
 
-__all__ = ["ort_session", "ort_accuracy", "ort_latency_ms", "latency_by_threads"]
+__all__ = ["ort_session", "ort_accuracy", "ort_predictions", "ort_latency_ms", "latency_by_threads"]
 
 
 def ort_session(path: str | Path, *, threads: int = 1):
@@ -36,6 +36,14 @@ def ort_accuracy(path: str | Path, data: Iterable, *, threads: int = 2) -> float
         correct += int((logits.argmax(1) == y.cpu().numpy()).sum())
         total += len(y)
     return 100.0 * correct / total
+
+
+def ort_predictions(path: str | Path, data: Iterable, *, threads: int = 2) -> np.ndarray:
+    """The exported model's predicted class for every image of ``data``, in order."""
+    sess = ort_session(path, threads=threads)
+    preds = [sess.run(None, {"input": split_batch(batch)[0].cpu().numpy().astype(np.float32)})[0].argmax(1)
+             for batch in data]
+    return np.concatenate(preds) if preds else np.zeros(0, dtype=np.int64)
 
 
 def ort_latency_ms(path: str | Path, input_shape: tuple[int, ...], *, runs: int = 200, warmup: int = 20,
