@@ -423,7 +423,8 @@ def _resolve_plan(args: argparse.Namespace):
 
 def _cmd_train(args: argparse.Namespace) -> int:
     from autoselect.evaluate import accuracy
-    from autoselect.quant.apply import apply_plan, retrained_fraction
+    from autoselect.models import build_layer_graph
+    from autoselect.quant.apply import apply_plan, plan_specs, retrained_fraction
     from autoselect.train import QATConfig, train_qat
 
     plan, plan_name = _resolve_plan(args)
@@ -443,8 +444,11 @@ def _cmd_train(args: argparse.Namespace) -> int:
               file=sys.stderr)
     calib = prep.train.subset(args.calib_images, seed=args.seed)
     size = lm.input_size
-    qmodel = apply_plan(lm.model, plan, calib.batches(args.batch_size, device=device),
-                        input_shape=(1, 3, size, size), device=device)
+    graph = build_layer_graph(lm.model, (1, 3, size, size))
+    _, actions = plan_specs(plan, graph)
+    if not any(a is not None and a.trainable for a in actions.values()):  # before minutes of calibration
+        raise AutoselectError("the plan has no qat layer: nothing to train (score it with `autoselect ptq --plan`)")
+    qmodel = apply_plan(lm.model, plan, calib.batches(args.batch_size, device=device), graph=graph, device=device)
     frac = retrained_fraction(qmodel)
     ptq = None if args.resume else accuracy(qmodel, prep.test.batches(512, device=device), device=device)
     res = train_qat(qmodel, prep.train, prep.test, cfg, resume=args.resume, device=device, progress=not args.quiet,

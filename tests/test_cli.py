@@ -43,7 +43,7 @@ def test_graph_prints_roles(capsys, tmp_path):
     assert (tmp_path / "g.csv").read_text().startswith("path,role,block")
 
 
-def test_baseline_then_ptq_then_profile(tmp_path, capsys):
+def test_baseline_then_ptq_then_profile(tmp_path, capsys, monkeypatch):
     ckpt = tmp_path / "tiny.pt"
     assert main(["baseline", *TINY, "--data", "digits", "--epochs", "1", "--train-images", "128",
                  "--out", str(ckpt)]) == 0
@@ -78,6 +78,15 @@ def test_baseline_then_ptq_then_profile(tmp_path, capsys):
     capsys.readouterr()
     assert main(["ptq", "--quiet", "--weights", str(ckpt), "--plan", str(plan), "--weight-bits", "5"]) == 2
     assert "--weight-bits does not apply with --plan" in capsys.readouterr().err
+    frozen = tmp_path / "frozen.json"  # nothing to train: refused before any calibration is paid
+    frozen.write_text(json.dumps({"version": 1, "target": "generic-pt", "model": {"name": "tests.helpers:tiny_net"},
+                                  "layers": {"_default": {"action": "freeze", "weight_bits": 4}}}))
+    import autoselect.quant.apply as apply_module
+
+    monkeypatch.setattr(apply_module, "apply_plan", lambda *a, **kw: pytest.fail("calibrated a plan with no qat layer"))
+    assert main(["train", "--quiet", "--weights", str(ckpt), "--plan", str(frozen), "--out", str(tmp_path / "f")]) == 2
+    assert "no qat layer" in capsys.readouterr().err and not (tmp_path / "f").exists()
+    monkeypatch.undo()
     out_dir = tmp_path / "prof"
     assert main(["profile", *TINY, "--weights", str(ckpt), "--calib-images", "64", "--out", str(out_dir),
                  "--isolated", "--isolated-images", "32", "--rank-by", "iso_qkl", "--top", "3"]) == 0
