@@ -183,11 +183,20 @@ class QuantLayer(nn.Module):
         self.weight_zp_fixed = zero_point.detach().clone().to(self.layer.weight.device)
 
     def quant_bias(self) -> torch.Tensor | None:
-        """The bias the quantized layer adds: the layer's, plus a bias correction's ``bias_delta``."""
+        """The bias the quantized layer adds: the layer's, plus a bias correction's ``bias_delta``; in quant mode,
+        on the int32 grid integer kernels keep it on (step: input scale x weight scale, per output channel), as the
+        export writes it (the gradient passes straight through the rounding). Without that rounding the simulation
+        drifted from onnxruntime by up to 0.016 of an output step per layer, enough to flip roundings that then
+        spread (experiments/RESULTS.md, issue 18)."""
         b = self.layer.bias
-        if self.bias_delta is None:
+        if self.bias_delta is not None:
+            b = self.bias_delta if b is None else b + self.bias_delta
+        spec = self.spec
+        if b is None or self.mode != "quant" or spec is None or spec.weight is None or spec.act is None \
+                or not self.act_calibrated:
             return b
-        return self.bias_delta if b is None else b + self.bias_delta
+        step = (self.act_qparams()[0] * self.weight_qparams()[0]).to(b).clamp(min=1e-30)
+        return b + (torch.round(b / step) * step - b).detach()
 
     def _run(self, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
         layer = self.layer
