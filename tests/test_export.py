@@ -206,3 +206,24 @@ def test_export_report_warns_when_the_export_disagrees_with_the_simulation(tmp_p
     assert s["agreement"]["int8_vs_simulated"] <= 90.0 + 1e-9 and s["agreement_images"] == 64
     assert any("predicts what the simulation predicts on only" in w for w in s["warnings"])
     assert 0.0 <= s["agreement"]["simulated_vs_fp32"] <= 100.0
+
+
+def test_the_simulated_bias_is_the_exported_int32_bias(tmp_path):
+    """Integer kernels add the bias on an int32 grid (step: input scale x weight scale); the simulation must add
+    that same bias, or its outputs drift from the export's by a fraction of a step per layer, enough to flip
+    roundings that spread through the network (issue 18)."""
+    import onnx
+    from onnx import numpy_helper
+
+    data = _data()
+    q = apply_plan(_model(data), Plan(layers={"_default": LayerAction()}, target="x86"), data)
+    res = export(q, data, tmp_path, target="x86")
+    inits = {i.name: numpy_helper.to_array(i) for i in onnx.load(str(res.int8_path)).graph.initializer}
+    checked = 0
+    for path, ql in quant_layers(q).items():
+        if f"{path}.bias_quantized" not in inits:
+            continue
+        exported = inits[f"{path}.bias_quantized"].astype(np.float64) * inits[f"{path}.bias_quantized_scale"]
+        np.testing.assert_allclose(ql.quant_bias().detach().double().numpy(), exported, rtol=1e-6, atol=1e-9)
+        checked += 1
+    assert checked >= 8
