@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import sys
 from collections.abc import Sequence
 from typing import NoReturn
@@ -106,6 +107,9 @@ def _parser() -> argparse.ArgumentParser:
     _quant_options(p)
     p.add_argument("--plan", help="score this plan file (or built-in plan) with nothing trained, instead of the "
                                   "per-tensor and per-channel schemes")
+    p.add_argument("--calib-seeds", type=POS, default=1,
+                   help="calibrate each scheme on this many draws of the calibration images (seeds --seed, "
+                        "--seed+1, ...) and report the spread of its top-1")
     p.add_argument("--eval-images", type=POS, help="evaluate on a random subset of the test split")
     p.add_argument("--plain-only", action="store_true",
                    help="only plain PTQ (round to nearest, no bias correction or equalization): the fast rows")
@@ -230,11 +234,11 @@ def _with_methods(args: argparse.Namespace, spec):
     return with_defaults(spec, observer_named=args.weight_observer is not None)
 
 
-def _prepare(args: argparse.Namespace, **kw):
+def _prepare(args: argparse.Namespace, *, seed_override: int | None = None, **kw):
     from autoselect.prepare import prepare
 
     return prepare(args.model, weights=args.weights, data=args.data, num_classes=args.num_classes,
-                   input_size=args.input_size, seed=args.seed, **kw)
+                   input_size=args.input_size, seed=args.seed if seed_override is None else seed_override, **kw)
 
 
 def _device(args: argparse.Namespace):
@@ -303,9 +307,19 @@ def _cmd_ptq(args: argparse.Namespace) -> int:
         check_output_file(args.json, "--json")
     prep = _prepare(args, train_images=args.calib_images, test_images=args.eval_images)
     assert prep.train is not None and prep.test is not None
+    integer_graph = get_target(args.target or "generic").runs_here
     rows = ptq_table(prep.loaded.model, prep.train.batches(args.batch_size, device=device),
                      prep.test.batches(args.batch_size, device=device), schemes, device=device,
-                     progress=not args.quiet, integer_graph=get_target(args.target or "generic").runs_here)
+                     progress=not args.quiet, integer_graph=integer_graph)
+    by_seed = {r.name: [r.top1] for r in rows[1:]}
+    for extra_seed in range(args.seed + 1, args.seed + args.calib_seeds):  # more calibration draws, same test images
+        other = _prepare(args, train_images=args.calib_images, splits=("train",), seed_override=extra_seed)
+        assert other.train is not None
+        again = ptq_table(prep.loaded.model, other.train.batches(args.batch_size, device=device),
+                          prep.test.batches(args.batch_size, device=device), schemes, device=device,
+                          progress=not args.quiet, integer_graph=integer_graph)
+        for r in again[1:]:
+            by_seed[r.name].append(r.top1)
     print(f"{args.model} on {len(prep.test)} {args.data} test images; calibration: {len(prep.train)} train images")
     for row in rows:
         spec = schemes.get(row.name)
@@ -314,13 +328,22 @@ def _cmd_ptq(args: argparse.Namespace) -> int:
             f", {m} {s:.1f} s" for m, s in row.method_seconds.items()) + "]"
         same = "" if spec is None else f"  same as FP32 {row.agreement:6.2f}%"
         print(f"  top-1 {row.top1:6.2f}%{same}  {label}{cost}")
+    if args.calib_seeds > 1:
+        print(f"over {args.calib_seeds} calibration draws (seeds {args.seed}-{args.seed + args.calib_seeds - 1}), "
+              "the same test images:")
+        for name, values in by_seed.items():
+            sd = statistics.stdev(values)
+            print(f"  {name.replace('_', '-'):22s} {statistics.mean(values):6.2f} ± {sd:.2f}%  "
+                  f"(min {min(values):.2f}, max {max(values):.2f})")
     if args.json:
         with atomic_path(args.json) as tmp:
             tmp.write_text(json.dumps({"model": args.model, "target": args.target or "generic",
                                        "top1": {r.name: r.top1 for r in rows},
                                        "agreement_with_fp32": {r.name: r.agreement for r in rows[1:]},
                                        "seconds": {r.name: r.seconds for r in rows[1:]},
-                                       "method_seconds": {r.name: r.method_seconds for r in rows[1:]}},
+                                       "method_seconds": {r.name: r.method_seconds for r in rows[1:]},
+                                       "top1_by_calibration_seed": by_seed,
+                                       "calibration_seeds": list(range(args.seed, args.seed + args.calib_seeds))},
                                       indent=2) + "\n")
     return 0
 
@@ -334,7 +357,8 @@ def _ptq_of_plan(args: argparse.Namespace) -> int:
 
     given = [opt for opt, value in (("--weight-bits", args.weight_bits), ("--act-bits", args.act_bits),
                                     ("--weight-observer", args.weight_observer),
-                                    ("--act-observer", args.act_observer), ("--plain-only", args.plain_only or None))
+                                    ("--act-observer", args.act_observer), ("--plain-only", args.plain_only or None),
+                                    ("--calib-seeds", args.calib_seeds if args.calib_seeds > 1 else None))
              if value is not None]
     if given:
         raise AutoselectError(f"{given[0]} does not apply with --plan: the plan sets each layer's quantization")

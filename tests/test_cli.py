@@ -62,6 +62,15 @@ def test_baseline_then_ptq_then_profile(tmp_path, capsys, monkeypatch):
     assert set(saved_ptq["agreement_with_fp32"]) == set(saved_ptq["seconds"])
     assert all(0 < a <= 100 for a in saved_ptq["agreement_with_fp32"].values())
     assert row.count("same as FP32") == 1
+    # the spread over calibration draws, on the same test images
+    assert main(["ptq", *TINY, "--weights", str(ckpt), "--calib-images", "64", "--eval-images", "64", "--plain-only",
+                 "--calib-seeds", "3", "--json", str(tmp_path / "spread.json")]) == 0
+    spread_out = capsys.readouterr().out
+    assert "over 3 calibration draws (seeds 0-2)" in spread_out and "±" in spread_out
+    spread = json.loads((tmp_path / "spread.json").read_text())
+    assert spread["calibration_seeds"] == [0, 1, 2]
+    assert all(len(v) == 3 for v in spread["top1_by_calibration_seed"].values())
+    assert spread["top1_by_calibration_seed"]["per_tensor"][0] == spread["top1"]["per_tensor"]
     # a plan scored with nothing trained: its own bit-widths, and the same top-1 as `train` reports as its start
     plan = tmp_path / "mixed.json"
     plan.write_text(json.dumps({"version": 1, "target": "generic-pt", "model": {"name": "tests.helpers:tiny_net"},
