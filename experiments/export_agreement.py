@@ -24,9 +24,6 @@ from autoselect.plan import LayerAction, Plan
 from autoselect.quant.apply import apply_plan
 
 
-ACTION: dict = {}
-
-
 def _rel(a: np.ndarray, b: np.ndarray) -> float:
     a, b = a - a.mean(1, keepdims=True), b - b.mean(1, keepdims=True)
     return float(np.linalg.norm(a - b) / np.linalg.norm(b))
@@ -45,8 +42,7 @@ def main() -> None:
     ap.add_argument("--plain", action="store_true", help="no post-training methods (no bias correction)")
     ap.add_argument("--out", default="results/export_agreement.json")
     args = ap.parse_args()
-    if args.plain:
-        ACTION.update(bias_correction=False, rounding="nearest", equalize=False)
+    action = LayerAction(bias_correction=False, rounding="nearest", equalize=False) if args.plain else LayerAction()
     torch.set_num_threads(args.threads)
     rows = []
     for size in args.sizes:
@@ -55,7 +51,7 @@ def main() -> None:
         calib = load_images(args.data, split="train", limit=256, input_size=size, seed=0)
         if lm.normalize is not None:
             test, calib = test.with_normalize(lm.normalize), calib.with_normalize(lm.normalize)
-        q = apply_plan(lm.model, Plan(layers={"_default": LayerAction(**ACTION)}, target="x86"), calib.batches(64),
+        q = apply_plan(lm.model, Plan(layers={"_default": action}, target="x86"), calib.batches(64),
                        input_shape=(1, 3, size, size))
         with tempfile.TemporaryDirectory() as d:
             res = export(q, calib.batches(64), d, input_shape=(1, 3, size, size))

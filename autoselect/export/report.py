@@ -16,29 +16,16 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 import torch.nn as nn
 
 from autoselect._io import atomic_path
-from autoselect.data.batches import split_batch
+from autoselect.evaluate import predict
 from autoselect.export.onnx_export import export
 from autoselect.export.runtime import latency_by_threads, ort_predictions
 
 __all__ = ["AGREEMENT_WARNING", "export_and_measure"]
 
 AGREEMENT_WARNING = 99.0  # % of images on which the export and the simulation must predict the same class
-
-
-@torch.no_grad()
-def _predictions(model: nn.Module, data: Iterable) -> tuple[np.ndarray, np.ndarray]:
-    """Predicted classes and labels (-1 where a batch has none) of ``model`` over ``data``, on the CPU."""
-    model.eval()
-    preds, labels = [], []
-    for batch in data:
-        x, y = split_batch(batch)
-        preds.append(model(x.cpu()).argmax(1).numpy())
-        labels.append(y.cpu().numpy() if y is not None else np.full(len(x), -1))
-    return np.concatenate(preds), np.concatenate(labels)
 
 
 def _pct(mask: np.ndarray) -> float:
@@ -55,14 +42,16 @@ def export_and_measure(qmodel: nn.Module, calibration: Iterable, test: Iterable,
     ``warnings``."""
     out = Path(out_dir)
     res = export(qmodel, calibration, out, input_shape=input_shape)
-    sim_pred, labels = _predictions(qmodel, test)
+    sim_logits, labels = predict(qmodel.cpu(), test)
+    sim_pred = sim_logits.argmax(1).numpy()
     int8_pred = ort_predictions(res.int8_path, test)
-    labelled = labels >= 0
-    sim, real = _pct(sim_pred[labelled] == labels[labelled]), _pct(int8_pred[labelled] == labels[labelled])
+    truth = labels.numpy() if labels is not None else None  # top-1 needs labels; agreement does not
+    sim, real = (float("nan"), float("nan")) if truth is None else (_pct(sim_pred == truth), _pct(int8_pred == truth))
     agreement = {"int8_vs_simulated": _pct(int8_pred == sim_pred)}
     if fp32_model is not None:
-        fp32_pred, _ = _predictions(fp32_model, test)
-        agreement.update({"int8_vs_fp32": _pct(int8_pred == fp32_pred), "simulated_vs_fp32": _pct(sim_pred == fp32_pred)})
+        fp32_pred = predict(fp32_model.cpu(), test)[0].argmax(1).numpy()
+        agreement.update({"int8_vs_fp32": _pct(int8_pred == fp32_pred),
+                          "simulated_vs_fp32": _pct(sim_pred == fp32_pred)})
     batch1 = (1, *input_shape[1:])
     lat = latency_by_threads({"fp32": res.fp32_path, "int8": res.int8_path}, batch1, runs=latency_runs)
     best = {k: min(v.items(), key=lambda item: item[1])[0] for k, v in lat.items()}  # each at its fastest count

@@ -67,12 +67,8 @@ class BitBudget:
     def fit(self, bits: Mapping[str, int]) -> dict[str, int]:
         """``bits`` lowered until the model fits (unchanged where it already does); the lowest bit-width
         everywhere at worst."""
-        return self.fit_with(bits, size=self.size)
-
-    def fit_with(self, bits: Mapping[str, int], *, size: Callable[[Mapping[str, int]], int]) -> dict[str, int]:
-        """:meth:`fit` with another size function (the plan's own actions: an FP32 group weighs 32 bits)."""
         out = dict(bits)
-        while size(out) > self.limit:
+        while self.size(out) > self.limit:
             moves = [(self._ratio(g, b, down), g, down) for g, b in out.items()
                      if (down := self._step(b, False)) is not None]
             if not moves:

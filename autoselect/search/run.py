@@ -283,11 +283,10 @@ def _search(cfg: SearchConfig, prepared: Any = None) -> SearchResult:
                   f"the prior's allocation holds {_bits_summary(allocated)}")
 
     def make_plan(params: Any, provenance: dict[str, Any] | None = None):
-        if bit_budget is not None:  # a draw over the memory limit is lowered until it fits (the plan says so)
-            merged = {**fixed_bits, **params}
-            bits = _bits_of(merged, groups, space.weight_bits[0], target_bits)
-            params = _with_bits(merged, bit_budget.fit_with(
-                bits, size=lambda b: _plan_bytes(_with_bits(merged, b), raw_plan, lm.model, graph)))
+        if bit_budget is not None:  # a draw over the memory limit is lowered until it fits, sized with its own
+            merged = {**fixed_bits, **params}  # actions (an FP32 group weighs 32 bits)
+            sized = replace(bit_budget, size=lambda b: _plan_bytes(_with_bits(merged, b), raw_plan, lm.model, graph))
+            params = _with_bits(merged, sized.fit(_bits_of(merged, groups, space.weight_bits[0], target_bits)))
         return raw_plan(params, provenance)
 
     # 3. latency: measured on the exported model where the target runs here, else the cost model
