@@ -222,9 +222,9 @@ def _spec(args: argparse.Namespace, *, per_channel: bool | None = None):
     from autoselect.quant.targets import get_target
 
     return get_target(args.target or "generic").spec(weight_bits=args.weight_bits,
-                                        weight_observer=args.weight_observer or "minmax",
-                                        act_observer=args.act_observer, per_channel=per_channel,
-                                        act_bits=args.act_bits)
+                                                     weight_observer=args.weight_observer or "minmax",
+                                                     act_observer=args.act_observer, per_channel=per_channel,
+                                                     act_bits=args.act_bits)
 
 
 def _with_methods(args: argparse.Namespace, spec):
