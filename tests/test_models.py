@@ -37,6 +37,29 @@ def test_checkpoint_roundtrip_and_metadata(tmp_path):
     assert load_model("tests.helpers:tiny_net", weights=tmp_path / "raw.pt", num_classes=3).num_classes == 3
 
 
+def test_module_versions_survive_training_saving_and_loading(tmp_path):
+    """MNASNet refuses a state dict without its version metadata: the baseline's best weights, a saved checkpoint
+    and a bare dict saved without metadata must all load."""
+    from autoselect.models.checkpoint import cpu_state_dict
+
+    m = create_model("mnasnet0_5", num_classes=10)
+    best = cpu_state_dict(m)
+    m.load_state_dict(best)
+    path = tmp_path / "mnas.pt"
+    save_checkpoint(path, m, model_name="mnasnet0_5", num_classes=10, input_size=32,
+                    normalize={"mean": [0.5] * 3, "std": [0.25] * 3})
+    lm = load_model("mnasnet0_5", weights=path)
+    torch.testing.assert_close(lm.model.state_dict(), m.state_dict())
+    torch.save({k: v for k, v in m.state_dict().items()}, tmp_path / "bare.pt")  # a plain dict: no metadata
+    assert load_model("mnasnet0_5", weights=tmp_path / "bare.pt", num_classes=10).num_classes == 10
+
+
+@pytest.mark.parametrize("name, size", [("googlenet", 32), ("inception_v3", 75)])
+def test_models_with_auxiliary_heads_give_one_output_in_training(name, size):
+    out = create_model(name, num_classes=10).train()(torch.randn(2, 3, size, size))
+    assert isinstance(out, torch.Tensor) and out.shape == (2, 10)
+
+
 def test_weights_that_do_not_fit(tmp_path):
     m = create_model("tests.helpers:tiny_net", num_classes=3)
     path = tmp_path / "ck.pt"

@@ -22,7 +22,20 @@ import torch.nn as nn
 from autoselect._io import atomic_path
 from autoselect.errors import AutoselectError, first_line
 
-__all__ = ["Checkpoint", "read_checkpoint", "load_weights", "save_checkpoint", "file_sha256"]
+__all__ = ["Checkpoint", "read_checkpoint", "load_weights", "save_checkpoint", "file_sha256", "cpu_state_dict"]
+
+
+def cpu_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
+    """A detached CPU copy of ``model.state_dict()`` that keeps its ``_metadata`` (the per-module versions some
+    torchvision models, such as MNASNet, refuse to load without)."""
+    from collections import OrderedDict
+
+    own = model.state_dict()
+    out: OrderedDict[str, torch.Tensor] = OrderedDict((k, v.detach().cpu().clone()) for k, v in own.items())
+    meta = getattr(own, "_metadata", None)
+    if meta is not None:
+        out._metadata = meta  # type: ignore[attr-defined]
+    return out
 
 
 @dataclass
@@ -136,6 +149,11 @@ def load_weights(model: nn.Module, ckpt: Checkpoint, *, source: str, model_name:
         elif shapes and ckpt.num_classes is not None:
             hint = f"; the file has num_classes={ckpt.num_classes}"
         raise AutoselectError(f"weights {source} do not fit model {model_name!r}: {'; '.join(parts)}{hint}")
+    if getattr(sd, "_metadata", None) is None and getattr(own, "_metadata", None) is not None:
+        from collections import OrderedDict  # a bare dict (e.g. saved without metadata): this code's versions
+
+        sd = OrderedDict(sd)
+        sd._metadata = own._metadata  # type: ignore[attr-defined]
     model.load_state_dict(sd, strict=True)
 
 
@@ -154,7 +172,7 @@ def save_checkpoint(
         "model": model_name,
         "num_classes": num_classes,
         "input_size": input_size,
-        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        "state_dict": cpu_state_dict(model),
         "normalize": normalize,
         **meta,
     }

@@ -126,7 +126,9 @@ def create_model(name: str, *, num_classes: int = 1000) -> nn.Module:
     if name in tv_names:
         import torchvision.models as tvm
 
-        return tvm.get_model(name, weights=None, num_classes=num_classes)
+        # GoogLeNet and Inception-v3 return auxiliary logits in training mode: one output, as every other model
+        extra = {"aux_logits": False, "init_weights": True} if name in ("googlenet", "inception_v3") else {}
+        return tvm.get_model(name, weights=None, num_classes=num_classes, **extra)
     close = difflib.get_close_matches(name, list_models(), n=3)
     hint = f"; did you mean {', '.join(close)}?" if close else "; `autoselect models` lists them"
     raise AutoselectError(f"unknown model {name!r}{hint}")

@@ -21,6 +21,7 @@ from tqdm.auto import tqdm
 
 from autoselect.data.batches import ImageSet
 from autoselect.evaluate import accuracy
+from autoselect.models.checkpoint import cpu_state_dict
 from autoselect.quant.dwconv import fast_depthwise
 from autoselect.train.qat import uses_channels_last
 
@@ -139,7 +140,7 @@ def _train(model: nn.Module, train: ImageSet, test: ImageSet, *, epochs: int, lr
             tqdm.write(f"epoch {epoch}/{epochs}: loss {loss_sum / total:.3f}, test top-1 {acc:.2f}%")
         if acc > result.best_acc:
             result.best_acc, result.best_epoch = acc, epoch
-            result.best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+            result.best_state = cpu_state_dict(model)
         result.test_acc = acc
     model.eval()
     last_train = result.history[-1]["train_acc"]
