@@ -76,7 +76,8 @@ def _common(p: argparse.ArgumentParser, *, data_default: str = "digits") -> None
 
 
 def _quant_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--target", help="generic (default), x86, qnnpack, tensorrt, acl, snpe, tvm")
+    p.add_argument("--target", help="generic (default), x86 (this CPU's: x86-vnni or x86-avx2), x86-vnni, "
+                   "x86-avx2, qnnpack, tensorrt, acl, snpe, tvm")
     p.add_argument("--weight-bits", type=POS, help="weight bit-width (simulation; default: the target's)")
     p.add_argument("--act-bits", type=POS, help="activation bit-width, 4-8 (generic targets: simulation only)")
     p.add_argument("--weight-observer", choices=["minmax", "mse", "percentile"],
@@ -218,10 +219,21 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _target_name(args: argparse.Namespace) -> str:
+    """``--target`` (default generic) with an alias (x86) resolved for this CPU; says so once, on stderr."""
+    from autoselect.quant.targets import get_target, resolve_target
+
+    name, why = resolve_target(args.target or "generic")
+    if why is not None and args.target != name:
+        print(f"target {args.target} -> {name} ({why})", file=sys.stderr)
+    args.target = get_target(name).name  # an unknown name fails here, before any work
+    return name
+
+
 def _spec(args: argparse.Namespace, *, per_channel: bool | None = None):
     from autoselect.quant.targets import get_target
 
-    return get_target(args.target or "generic").spec(weight_bits=args.weight_bits,
+    return get_target(_target_name(args)).spec(weight_bits=args.weight_bits,
                                                      weight_observer=args.weight_observer or "minmax",
                                                      act_observer=args.act_observer, per_channel=per_channel,
                                                      act_bits=args.act_bits)
@@ -307,7 +319,7 @@ def _cmd_ptq(args: argparse.Namespace) -> int:
         check_output_file(args.json, "--json")
     prep = _prepare(args, train_images=args.calib_images, test_images=args.eval_images)
     assert prep.train is not None and prep.test is not None
-    integer_graph = get_target(args.target or "generic").runs_here
+    integer_graph = get_target(_target_name(args)).runs_here
     rows = ptq_table(prep.loaded.model, prep.train.batches(args.batch_size, device=device),
                      prep.test.batches(args.batch_size, device=device), schemes, device=device,
                      progress=not args.quiet, integer_graph=integer_graph)
@@ -436,8 +448,7 @@ def _resolve_plan(args: argparse.Namespace):
         plan, name = load_plan(builtin_plan_path(args.plan)), args.plan
     else:
         plan, name = load_plan(args.plan), Path(args.plan).stem
-    if args.target:
-        plan = replace(plan, target=args.target)
+    plan = replace(plan, target=_target_name(argparse.Namespace(target=args.target or plan.target)))
     planned = plan.model.name if plan.model is not None else None
     args.model = args.model or planned or DEFAULT_MODEL
     if planned is not None and planned != args.model:
@@ -519,6 +530,9 @@ def _cmd_export(args: argparse.Namespace) -> int:
           f"({best['int8']} thread{'s' if best['int8'] > 1 else ''}), FP32 {s['fp32_latency_ms']:.3f} ms "
           f"({best['fp32']} thread{'s' if best['fp32'] > 1 else ''}): {s['int8_over_fp32']:.2f}x; one thread each: "
           f"{s['int8_over_fp32_one_thread']:.2f}x")
+    cpu = s["measured_on"]
+    flags = ", ".join(cpu["int8_flags"]) if cpu["int8_flags"] is not None else "flags unreadable"
+    print(f"measured on {cpu['cpu']} ({flags}; its x86 target: {cpu['x86_target']})")
     for line in s["warnings"]:
         print(f"warning: {line}", file=sys.stderr)
     return 0

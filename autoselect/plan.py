@@ -158,8 +158,8 @@ class Plan:
     layers: dict[str, LayerAction]
     target: str = "generic"
     model: ModelRef | None = None
-    # range observers; a missing "weight" takes the default of the layer's methods (mse), a missing "act" minmax at
-    # 8 bits and mse below (autoselect.quant.apply)
+    # range observers; a missing "weight" takes the default of the layer's methods (mse), a missing "act" mse below
+    # 8 bits, and at 8 bits percentile on deployable targets, minmax on generic ones (autoselect.quant.targets)
     observers: dict[str, str] = field(default_factory=dict)
     objectives: dict[str, float] = field(default_factory=dict)
     provenance: dict[str, Any] = field(default_factory=dict)

@@ -84,7 +84,18 @@ def test_baseline_then_ptq_then_profile(tmp_path, capsys, monkeypatch):
                  "--eval-images", "64", "--steps", "1", "--out", str(tmp_path / "t")]) == 0
     started = json.loads((tmp_path / "t" / "result.json").read_text())["ptq_top1"]
     assert scored["top1"] == pytest.approx(started)
+    # a plan for "x86" is scored, and recorded, as the x86 target of this CPU
+    x86 = tmp_path / "x86.json"
+    x86.write_text(json.dumps({"version": 1, "target": "x86", "model": {"name": "tests.helpers:tiny_net"},
+                               "layers": {"_default": {"action": "freeze"}}}))
     capsys.readouterr()
+    assert main(["ptq", "--quiet", "--weights", str(ckpt), "--plan", str(x86), "--calib-images", "32",
+                 "--eval-images", "32", "--json", str(tmp_path / "x86_ptq.json")]) == 0
+    from autoselect.quant.targets import detect_x86
+
+    here, why = detect_x86()
+    assert json.loads((tmp_path / "x86_ptq.json").read_text())["target"] == here
+    assert f"target x86 -> {here} ({why})" in capsys.readouterr().err
     assert main(["ptq", "--quiet", "--weights", str(ckpt), "--plan", str(plan), "--weight-bits", "5"]) == 2
     assert "--weight-bits does not apply with --plan" in capsys.readouterr().err
     frozen = tmp_path / "frozen.json"  # nothing to train: refused before any calibration is paid

@@ -139,12 +139,12 @@ def test_users_own_training_loop(tmp_path, tiny, batches):
 
 
 def test_deployable_targets_requantize_after_fused_activations(tiny, batches):
-    q = apply_plan(tiny, Plan(layers={"_default": LayerAction()}, target="x86"), batches)
+    q = apply_plan(tiny, Plan(layers={"_default": LayerAction()}, target="x86-avx2"), batches)
     specs = {p: layer.spec for p, layer in quant_layers(q).items()}
     expand, project = specs["blocks.0.conv.0"], specs["blocks.0.conv.6"]
     assert expand is not None and expand.output is None  # ReLU6 follows: the consumer's input grid requantizes
     assert project is not None and project.output is not None  # projection into the add: its own output grid
-    assert project.output.bits == 7
+    assert project.output.bits == 8 and project.weight is not None and project.weight.bits == 7
     generic = apply_plan(tiny, Plan(layers={"_default": LayerAction()}), batches)
     assert all(layer.spec is None or layer.spec.output is None for layer in quant_layers(generic).values())
 

@@ -169,11 +169,34 @@ def _parts(target: str) -> tuple[TensorQuant, TensorQuant]:
     return spec.weight, spec.act
 
 
+@pytest.mark.parametrize("flags, expected", [
+    ({"avx2", "avx512_vnni"}, "x86-vnni"), ({"avx2", "avx_vnni"}, "x86-vnni"), ({"avx2", "avx512bw"}, "x86-avx2"),
+    (None, "x86-avx2"),  # flags unreadable: the 7-bit target, safe on any x86 CPU
+])
+def test_x86_is_resolved_from_the_cpu_flags(monkeypatch, flags, expected):
+    import autoselect.quant.targets as targets
+
+    monkeypatch.setattr(targets, "_cpu_flags", lambda: flags)
+    name, why = targets.resolve_target("x86")
+    assert name == expected and why
+    assert get_target("x86").name == expected
+    assert get_target("x86").weight_bits == ((8,) if expected == "x86-vnni" else (7,))
+    assert targets.resolve_target("qnnpack") == ("qnnpack", None)
+
+
+def test_the_cpu_flags_are_read_here():
+    from autoselect.quant.targets import _cpu_flags
+
+    flags = _cpu_flags()
+    assert flags is None or any(f.startswith(("sse", "avx", "neon", "asimd", "fp")) for f in flags)
+
+
 def test_targets_follow_mqbench_table():
     assert _parts("tensorrt")[1].symmetric is True
     assert _parts("snpe")[0].per_channel is False and _parts("snpe")[0].symmetric is False
     assert _parts("tvm")[0].pot is True and _parts("tvm")[1].pot is True
-    assert _parts("x86")[1].bits == 7  # reduce_range against 16-bit saturation
+    assert _parts("x86-avx2")[0].bits == 7 and _parts("x86-avx2")[1].bits == 8  # against 16-bit saturation
+    assert _parts("x86-vnni")[0].bits == 8 and _parts("x86-vnni")[1].bits == 8  # VNNI accumulates in 32 bits
     with pytest.raises(AutoselectError, match="unknown target 'tensorrtt'.*did you mean tensorrt"):
         get_target("tensorrtt")
 

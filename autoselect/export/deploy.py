@@ -44,8 +44,11 @@ def _scale_outputs(layer: nn.Module, s: torch.Tensor) -> None:
             layer.bias.mul_(s.to(layer.bias))
 
 
-def deploy_model(qmodel: nn.Module) -> nn.Module:
-    """A plain float copy of a quantized model: what ``export`` traces and onnxruntime then quantizes."""
+def deploy_model(qmodel: nn.Module, *, grid_weights: bool = True) -> nn.Module:
+    """A plain float copy of a quantized model: what ``export`` traces and onnxruntime then quantizes.
+    ``grid_weights``: each quantized layer (without smoothing) carries its simulated quantized weights, so that
+    onnxruntime's requantization of them gives exactly the simulation's integers (learned roundings, clipped ranges
+    and grids narrower than int8 included); False: the folded float weights."""
     model = copy.deepcopy(qmodel).eval()
     remove_shared_input_hooks(model)
     folds: dict[str, torch.Tensor] = {}
@@ -66,6 +69,9 @@ def deploy_model(qmodel: nn.Module) -> nn.Module:
             view = [1, -1, 1, 1] if isinstance(layer, nn.Conv2d) else [1, -1]
             set_submodule(model, path, SmoothedLayer(layer, ql.smooth_scale, view))
         else:
+            if grid_weights and ql.spec is not None and ql.spec.weight is not None:
+                with torch.no_grad():
+                    layer.weight.copy_(ql.quantized_weight())
             set_submodule(model, path, layer)
     for path, s in folds.items():
         producer = model.get_submodule(path)

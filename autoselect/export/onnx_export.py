@@ -17,7 +17,7 @@ import contextlib
 import logging
 import tempfile
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +43,9 @@ class ExportResult:
     int8_bytes: int
     quantized_layers: int
     fp32_layers: list[str]
+    # tensors onnxruntime quantized on a range it calibrated itself, which the simulation does not have (QDQ only;
+    # empty when the export computes what the simulation computes, up to integer rounding)
+    unsimulated_grids: list[str] = field(default_factory=list)
 
 
 def export_fp32_onnx(model: nn.Module, path: str | Path, input_shape: tuple[int, ...]) -> Path:
@@ -104,6 +107,37 @@ def _layer_nodes(model_path: Path) -> dict[str, Any]:
     return out
 
 
+def _activation_grids(model_path: Path, overrides: dict[str, list[dict[str, Any]]]) -> list[str]:
+    """Give every ReLU/ReLU6 node the grids the simulation has around it; returns the names of those left without a
+    grid on their output, to be kept in float.
+
+    - A grid that starts at zero (unsigned, zero-point 0) on one side of a ReLU/ReLU6 and none on the other is put on
+      both: the simulation quantizes once, after the activation, which is what that grid computes on either side (it
+      clamps at zero and at its top). This covers an Add's output before a residual block's ReLU, and a layer whose
+      output grid is observed after its ReLU because a pool or a concatenation reads it.
+    - A ReLU whose output still has no grid feeds no quantized layer (a concatenation, a pool, the model's output)
+      and is not quantized in the simulation: quantizing it on a range onnxruntime calibrated itself would requantize
+      values the simulation keeps."""
+    import onnx
+
+    def zero_based(grid: list[dict[str, Any]] | None) -> bool:
+        return grid is not None and len(grid) == 1 and "axis" not in grid[0] \
+            and grid[0]["quant_type"].name == "QUInt8" and int(grid[0]["zero_point"]) == 0
+
+    float_nodes = []
+    for node in onnx.load(str(model_path)).graph.node:
+        if node.op_type not in ("Relu", "Clip"):
+            continue
+        src, dst = node.input[0], node.output[0]
+        if zero_based(overrides.get(dst)) and src not in overrides:
+            overrides[src] = overrides[dst]
+        elif zero_based(overrides.get(src)) and dst not in overrides:
+            overrides[dst] = overrides[src]
+        if dst not in overrides:
+            float_nodes.append(node.name)
+    return float_nodes
+
+
 def _override(symmetric: bool, scale: torch.Tensor, zp: torch.Tensor) -> dict[str, Any]:
     from onnxruntime.quantization import QuantType
 
@@ -159,8 +193,10 @@ def export(
         raise AutoselectError(f"target {tgt.name} has no integer kernels here; export for x86 or qnnpack")
     layers = quant_layers(qmodel)
     for path, ql in layers.items():
-        if ql.spec is not None and ql.spec.weight is not None and ql.spec.weight.bits != 8:
-            raise AutoselectError(f"layer {path} has {ql.spec.weight.bits}-bit weights; {tgt.name} runs 8-bit only")
+        if ql.spec is not None and ql.spec.weight is not None and ql.spec.weight.bits not in tgt.weight_bits:
+            bits = "/".join(map(str, tgt.weight_bits))
+            raise AutoselectError(f"layer {path} has {ql.spec.weight.bits}-bit weights; {tgt.name} runs {bits}-bit "
+                                  "only")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     fp32_path = export_fp32_onnx(deploy_model(qmodel), out / "model_fp32.onnx", input_shape)
@@ -192,6 +228,7 @@ def export(
             if ql.spec.weight.per_channel:
                 per_channel[0]["axis"] = 0  # onnxruntime reads a list without "axis" as per-tensor
             overrides[node.input[1]] = per_channel
+    exclude += _activation_grids(fp32_path, overrides)
     int8_path = out / "model_int8.onnx"
     with atomic_path(int8_path) as tmp, _no_preprocessing_advice():
         quantize_static(
@@ -205,8 +242,19 @@ def export(
                            "TensorQuantOverrides": overrides, "QDQDisableWeightAdjustForInt32Bias": True,
                            # a signed activation grid cannot absorb ReLU/ReLU6: keep the Clip (as simulated)
                            "QDQKeepRemovableActivations": not fuses_activations(ql.spec for ql in layers.values()),
-                           "DedicatedQDQPair": True},
+                           "DedicatedQDQPair": True,
+                           # fully connected layers write float, as simulated (see simulate._float_gemm_output)
+                           "OpTypesToExcludeOutputQuantization": ["Gemm"]},
         )
     return ExportResult(fp32_path=fp32_path, int8_path=int8_path, fp32_bytes=fp32_path.stat().st_size,
                         int8_bytes=int8_path.stat().st_size, quantized_layers=len(layers) - len(fp32_layers),
-                        fp32_layers=fp32_layers)
+                        fp32_layers=fp32_layers,
+                        unsimulated_grids=_unsimulated_grids(int8_path, overrides) if quant_format == "qdq" else [])
+
+
+def _unsimulated_grids(int8_path: Path, overrides: dict[str, list[dict[str, Any]]]) -> list[str]:
+    """Tensors the QDQ model quantizes that have no grid from the simulation."""
+    import onnx
+
+    return sorted({n.input[0] for n in onnx.load(str(int8_path)).graph.node
+                   if n.op_type == "QuantizeLinear" and n.input[0] not in overrides})

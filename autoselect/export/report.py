@@ -22,6 +22,7 @@ from autoselect._io import atomic_path
 from autoselect.evaluate import predict
 from autoselect.export.onnx_export import export
 from autoselect.export.runtime import latency_by_threads, ort_predictions
+from autoselect.quant.targets import cpu_facts, resolve_target
 
 __all__ = ["AGREEMENT_WARNING", "export_and_measure"]
 
@@ -61,16 +62,26 @@ def export_and_measure(qmodel: nn.Module, calibration: Iterable, test: Iterable,
         warnings.append(f"the INT8 model predicts what the simulation predicts on only "
                         f"{agreement['int8_vs_simulated']:.1f}% of {len(sim_pred)} images (below "
                         f"{AGREEMENT_WARNING:g}%): the simulated accuracy does not describe the exported model")
+    if res.unsimulated_grids:
+        names = ", ".join(res.unsimulated_grids[:3]) + (", ..." if len(res.unsimulated_grids) > 3 else "")
+        warnings.append(f"onnxruntime quantized {len(res.unsimulated_grids)} tensor(s) on ranges the simulation "
+                        f"does not have ({names}): the export requantizes where the simulation does not")
+    cpu = cpu_facts()
+    target = getattr(getattr(qmodel, "autoselect_plan", None), "target", None)
+    if target is not None and resolve_target(target)[0] == "x86-vnni" and cpu["x86_target"] != "x86-vnni":
+        warnings.append("exported for x86-vnni (8-bit weights and activations), but this CPU has no VNNI: its int8 "
+                        "kernels may saturate 16-bit sums; export for x86-avx2 to run here")
     if int8_ms > fp32_ms:
         warnings.append(f"INT8 is slower than FP32 here ({int8_ms:.3f} ms against {fp32_ms:.3f} ms at batch 1, each "
                         "at its fastest thread count)")
     summary = {**(extra or {}),
                "fp32_onnx": str(res.fp32_path), "int8_onnx": str(res.int8_path), "fp32_bytes": res.fp32_bytes,
                "int8_bytes": res.int8_bytes, "simulated_top1": sim, "int8_top1": real,
-               "agreement": agreement, "agreement_images": len(sim_pred), "warnings": warnings,
+               "agreement": agreement, "agreement_images": len(sim_pred), "warnings": warnings, "measured_on": cpu,
                "fp32_latency_ms": fp32_ms, "int8_latency_ms": int8_ms, "latency_threads": best,
                "latency_ms_by_threads": lat, "int8_over_fp32": int8_ms / fp32_ms,
-               "int8_over_fp32_one_thread": lat["int8"][1] / lat["fp32"][1], "fp32_layers": res.fp32_layers}
+               "int8_over_fp32_one_thread": lat["int8"][1] / lat["fp32"][1], "fp32_layers": res.fp32_layers,
+               "unsimulated_grids": res.unsimulated_grids}
     with atomic_path(out / "export.json") as tmp:
         tmp.write_text(json.dumps(summary, indent=2) + "\n")
     return summary

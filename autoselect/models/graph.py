@@ -15,6 +15,9 @@ Everything is derived from the module structure and one traced forward pass, not
 - **activation**: the leaf module applied to a layer's (BN'd) output, e.g. ``ReLU6``, if any, and its path;
 - **fed_by**: the layer whose output, through its BatchNorm and activation only, is this layer's input and is read
   by nothing else (no shortcut, no second branch): a per-input-channel scale of this layer can be folded into it;
+- **feeds_layers_only**: whether the layer's final output (after its BatchNorm and activation) is read by
+  quantizable layers and nothing else (not by a pool, a concatenation, an Add): only then can its consumers' input
+  grids stand in for its own output grid;
 - **MACs** are counted from the traced shapes for the given input size.
 """
 
@@ -55,6 +58,7 @@ class LayerInfo:
     activation: str | None = None  # class name of the activation module applied right after it (BN folded)
     activation_path: str | None = None  # that module's path
     fed_by: str | None = None  # the layer whose (BN'd, activated) output only this layer reads
+    feeds_layers_only: bool = True  # its (BN'd, activated) output is read by quantizable layers only
 
 
 @dataclass
@@ -174,6 +178,7 @@ class _Trace:
     activation_of: dict[str, str]
     activation_path: dict[str, str]
     fed_by: dict[str, str]
+    feeds_layers_only: dict[str, bool]
 
 
 def _trace(model: nn.Module, example: torch.Tensor) -> _Trace:
@@ -192,6 +197,8 @@ def _trace(model: nn.Module, example: torch.Tensor) -> _Trace:
     activated: dict[int, tuple[str, int]] = {}  # output id of a layer's activation -> (layer, version)
     candidates: dict[str, tuple[str, tuple[int, int]]] = {}  # layer -> (layer feeding it, its input's key)
     reads: dict[tuple[int, int], int] = {}  # (tensor id, version) -> leaf modules and functions that read it
+    layer_reads: dict[tuple[int, int], int] = {}  # ... of which quantizable layers
+    final: dict[str, tuple[int, int]] = {}  # layer -> its output after BN and activation, (id, version)
     runs: dict[str, int] = {}  # leaf module path -> times it ran (a ReLU module may serve two places)
     depth = [0]  # leaf modules being run (functions inside them are not counted as reads)
     keep: list[torch.Tensor] = []  # keeps traced tensors alive so that their ids are not reused
@@ -213,9 +220,12 @@ def _trace(model: nn.Module, example: torch.Tensor) -> _Trace:
             if leaf and (isinstance(mod, _POOLS) or id(x) in pooled):
                 pooled.add(id(output))
             if path in applying:
-                activated[id(output)] = (applying.pop(path), output._version)
+                layer = applying.pop(path)
+                activated[id(output)] = (layer, output._version)
+                final[layer] = (id(output), output._version)
             if isinstance(mod, QUANTIZABLE) and path not in seen:
                 seen.add(path)
+                final[path] = (id(output), output._version)
                 calls.append(_Call(path, mod, tuple(x.shape), tuple(output.shape), id(x) in pooled, id(x)))
                 src = activated.get(id(x)) or produced_by.get(id(x))
                 if src is not None and src[1] == x._version:
@@ -227,6 +237,7 @@ def _trace(model: nn.Module, example: torch.Tensor) -> _Trace:
                 conv = conv_out.pop(id(x))
                 bn_of.setdefault(conv, path)
                 produced_by[id(output)] = (conv, output._version)
+                final[conv] = (id(output), output._version)
 
         return fn
 
@@ -235,6 +246,9 @@ def _trace(model: nn.Module, example: torch.Tensor) -> _Trace:
             for x in inputs:
                 if isinstance(x, torch.Tensor):
                     read(x)
+                    if isinstance(mod, QUANTIZABLE):
+                        key = (id(x), x._version)
+                        layer_reads[key] = layer_reads.get(key, 0) + 1
             runs[path] = runs.get(path, 0) + 1
             depth[0] += 1
 
@@ -267,7 +281,8 @@ def _trace(model: nn.Module, example: torch.Tensor) -> _Trace:
         model.train(was_training)
     fed_by = {layer: src for layer, (src, key) in candidates.items()
               if reads.get(key, 0) == 1 and runs.get(activation_path.get(src, ""), 1) == 1}
-    return _Trace(calls, bn_of, module_input, activation_of, activation_path, fed_by)
+    only_layers = {layer: 0 < reads.get(key, 0) == layer_reads.get(key, 0) for layer, key in final.items()}
+    return _Trace(calls, bn_of, module_input, activation_of, activation_path, fed_by, only_layers)
 
 
 def _macs(mod: nn.Module, out_shape: tuple[int, ...]) -> int:
@@ -354,6 +369,7 @@ def build_layer_graph(model: nn.Module, input_shape: tuple[int, ...] = (1, 3, 32
                 activation=tr.activation_of.get(c.path),
                 activation_path=tr.activation_path.get(c.path),
                 fed_by=tr.fed_by.get(c.path),
+                feeds_layers_only=tr.feeds_layers_only.get(c.path, False),
             )
         )
     total = sum(p.numel() for p in model.parameters())

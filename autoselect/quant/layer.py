@@ -75,9 +75,10 @@ class QuantLayer(nn.Module):
             else None
         )
         self.out_observer = (
-            ActivationObserver(spec.output, seed=seed + 7919) if spec is not None and spec.output is not None else None
+            ActivationObserver(spec.output, seed=seed) if spec is not None and spec.output is not None else None
         )
         self.followed_by: str | None = None  # the activation module after the layer (set by quantize_model)
+        self._output_through: list[nn.Module] = []  # the clamping activation its output grid is observed after
         # smoothing folded into the layer feeding this one (see simulate.fold_smoothing); None: an explicit Mul
         self.smooth_folded_into: str | None = None
         self._wq: tuple[torch.Tensor, torch.Tensor] | None = None
@@ -207,6 +208,17 @@ class QuantLayer(nn.Module):
             return layer._conv_forward(x, w, bias)
         return F.linear(x, w, bias)
 
+    def observe_output_through(self, activation: nn.Module) -> None:
+        """Observe the output grid after ``activation`` (a ReLU/ReLU6, applied after this layer): the grid then
+        starts at its zero and ends within its clamp, so applying it to the layer's own output computes what
+        requantizing after the activation does (a fused conv+ReLU kernel writing to a grid of its own)."""
+        self._output_through = [activation]  # a list: not a submodule
+
+    @property
+    def output_observed_after(self) -> str | None:
+        """The class name of the activation the output grid is observed after, or None."""
+        return type(self._output_through[0]).__name__ if self._output_through else None
+
     def quantize_output(self, y: torch.Tensor) -> torch.Tensor:
         if self.spec is None or self.spec.output is None:
             return y
@@ -219,7 +231,8 @@ class QuantLayer(nn.Module):
             self.observer.update(self.smooth_input(x))
         y = self.layer(x)
         if self.mode == "observe" and self.out_observer is not None:
-            self.out_observer.update(y)
+            with torch.no_grad():
+                self.out_observer.update(self._output_through[0](y.clone()) if self._output_through else y)
         return y
 
 

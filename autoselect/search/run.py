@@ -151,7 +151,7 @@ def post_training_only(space: SearchSpace) -> SearchSpace:
 
 
 def _space(cfg: SearchConfig, target_name: str | None) -> tuple[SearchSpace, Any]:
-    from autoselect.quant.targets import get_target
+    from autoselect.quant.targets import get_target, resolve_target
 
     space = load_space(cfg.space) if cfg.space else find_space(cfg.model)
     if cfg.weight_bits is not None:
@@ -161,7 +161,10 @@ def _space(cfg: SearchConfig, target_name: str | None) -> tuple[SearchSpace, Any
         space = replace(space, act_bits=(cfg.act_bits,))
     if cfg.no_train:
         space = post_training_only(space)
-    target = get_target(target_name or space.target)
+    name, why = resolve_target(target_name or space.target)
+    if why is not None:
+        _say(cfg, f"target {target_name or space.target} -> {name} ({why})")
+    target = get_target(name)
     space.check_target(target)
     return space, target
 
