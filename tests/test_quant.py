@@ -240,3 +240,33 @@ def test_planned_size_matches_the_quantized_model():
     assert planned_size_bytes(net, graph, specs) == quantized_size_bytes(qmodel)
     assert planned_size_bytes(net, graph, plan_specs(Plan(layers={"_default": LayerAction(weight_bits=8)},
                                                           target="generic"), graph)[0]) > quantized_size_bytes(qmodel)
+
+
+class _SamePadConv(torch.nn.Conv2d):
+    """A conv with TensorFlow-style static "same" padding in its own forward (as EfficientNet-Lite ports have)."""
+
+    def __init__(self, cin: int, cout: int, k: int, stride: int = 1, groups: int = 1) -> None:
+        super().__init__(cin, cout, k, stride, padding=0, groups=groups)
+        self.pad = torch.nn.ZeroPad2d((k // 2 - 1 + stride % 2, k // 2, k // 2 - 1 + stride % 2, k // 2)
+                                      if stride == 2 else k // 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(self.pad(x))
+
+
+def test_conv_subclasses_with_their_own_forward_are_simulated_with_it():
+    """The quantized layer must run the subclass's forward (here its padding), not Conv2d's: it once ran Conv2d's,
+    which gave a 31x31 output where the model computes 32x32."""
+    from autoselect.plan import LayerAction, Plan
+    from autoselect.quant.apply import apply_plan
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(_SamePadConv(3, 8, 3, 2), torch.nn.ReLU(), _SamePadConv(8, 8, 3, groups=8),
+                                torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(),
+                                torch.nn.Linear(8, 4)).eval()
+    data = [(torch.randn(8, 3, 64, 64), torch.zeros(8, dtype=torch.long)) for _ in range(2)]
+    q = apply_plan(model, Plan(layers={"_default": LayerAction()}), data, input_shape=(1, 3, 64, 64))
+    x = data[0][0]
+    with torch.no_grad():
+        assert q[0](x).shape == model[0](x).shape == (8, 8, 32, 32)
+        torch.testing.assert_close(q(x), model(x), atol=0.05, rtol=0.05)

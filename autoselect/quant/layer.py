@@ -202,6 +202,11 @@ class QuantLayer(nn.Module):
     def _run(self, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
         layer = self.layer
         bias = self.quant_bias()
+        if type(layer).forward not in (nn.Conv2d.forward, nn.Linear.forward):
+            # a subclass with a forward of its own (e.g. TensorFlow-style static "same" padding before the conv):
+            # run it, with the quantized weight and bias in place of its own
+            params = {"weight": w} if bias is None else {"weight": w, "bias": bias}
+            return torch.func.functional_call(layer, params, (x,))
         if isinstance(layer, nn.Conv2d):
             if is_depthwise(layer):
                 return depthwise_conv2d(layer, x, w, bias)
