@@ -34,11 +34,13 @@ def main() -> None:
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="mobilenet_v2")
-    ap.add_argument("--weights", default=str(SHARED / "fixtures" / "mobilenet_v2_cifar10_fp32.pt"))
+    ap.add_argument("--weights", default=str(SHARED / "fixtures" / "mobilenet_v2_cifar10_fp32.pt"),
+                    help="a checkpoint, or none (the model's own weights, e.g. a user factory's)")
     ap.add_argument("--data", default=str(SHARED / "datasets" / "cifar10"))
     ap.add_argument("--sizes", nargs="+", type=int, default=[32, 64])
     ap.add_argument("--images", type=int, default=2000)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--target", default="x86", help="a target with integer kernels here (x86, qnnpack, ...)")
     ap.add_argument("--plain", action="store_true", help="no post-training methods (no bias correction)")
     ap.add_argument("--out", default="results/export_agreement.json")
     args = ap.parse_args()
@@ -46,12 +48,13 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     rows = []
     for size in args.sizes:
-        lm = load_model(args.model, weights=args.weights, input_size=size)
+        weights = None if args.weights.lower() in ("", "none") else args.weights  # "none": a factory's own weights
+        lm = load_model(args.model, weights=weights, input_size=size)
         test = load_images(args.data, split="test", limit=args.images, input_size=size, seed=0)
         calib = load_images(args.data, split="train", limit=256, input_size=size, seed=0)
         if lm.normalize is not None:
             test, calib = test.with_normalize(lm.normalize), calib.with_normalize(lm.normalize)
-        q = apply_plan(lm.model, Plan(layers={"_default": action}, target="x86"), calib.batches(64),
+        q = apply_plan(lm.model, Plan(layers={"_default": action}, target=args.target), calib.batches(64),
                        input_shape=(1, 3, size, size))
         with tempfile.TemporaryDirectory() as d:
             res = export(q, calib.batches(64), d, input_shape=(1, 3, size, size))
@@ -61,7 +64,7 @@ def main() -> None:
             sim = torch.cat([q(x) for x, _ in test.batches(64)]).numpy()
             fp32 = torch.cat([lm.model(x) for x, _ in test.batches(64)]).numpy()
         p_int8, p_sim, p_fp32 = int8.argmax(1), sim.argmax(1), fp32.argmax(1)
-        row = {"model": args.model, "size": size, "images": len(test), "plain": args.plain,
+        row = {"model": args.model, "target": args.target, "size": size, "images": len(test), "plain": args.plain,
                "agree_int8_sim": 100 * float((p_int8 == p_sim).mean()),
                "agree_int8_fp32": 100 * float((p_int8 == p_fp32).mean()),
                "agree_sim_fp32": 100 * float((p_sim == p_fp32).mean()),
@@ -69,7 +72,7 @@ def main() -> None:
                "rel_err_int8_fp32": _rel(int8, fp32)}
         rows.append(row)
         print(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()}), flush=True)
-        save_result(args.out, {"date": str(date.today()), "weights": args.weights, "target": "x86",
+        save_result(args.out, {"date": str(date.today()), "weights": args.weights, "target": args.target,
                                "calib_images": 256, "rows": rows})
 
 
