@@ -1,22 +1,25 @@
-"""Issue 18's test matrix: every CNN family of torchvision the README names, at two input sizes, quantized for the
-x86 target of this CPU, exported and run on onnxruntime.
+"""Issue 18's test matrix: every CNN family of torchvision the README names, at two input sizes (32 and 48 pixels,
+to keep CI short; trained models at 64 pixels are in RESULTS), quantized for the x86 target of this CPU, exported and
+run on onnxruntime.
 
 Two checks per model:
 
 - **every grid**: each tensor the exported model quantizes is quantized on a grid of the simulation (a tensor on a
   range onnxruntime calibrated itself is a requantization the simulation does not have; each such tensor was a
   cause of disagreement: pools and concatenations after a ReLU, an Add before one, the logits);
-- **image by image**: the exported model predicts what the simulation predicts, and its logits lie much closer to
-  the simulation's than the simulation's lie to FP32.
+- **image by image**: the exported model predicts what the simulation predicts about as often as the simulation
+  run in float64 predicts what it predicts in float32, and its logits lie within 3x of that float64 distance.
+  Integer kernels requantize in float32 in their own order, so flips at grid boundaries are expected, as many as
+  float precision alone causes; a grid in the wrong place gives far more (measured: 4-5x on GoogLeNet before its
+  functional ReLUs were recognized).
 
 The models have random weights with BatchNorm statistics re-estimated on digits (training each family to useful
-accuracy here would cost minutes each); on random weights logits have small margins and the integer kernels'
-rounding differences (float32 requantization) spread much further than on trained ones, so the image-by-image bounds
-are loose. The figures on trained models are in experiments/RESULTS.md
-(issue 18, ``experiments/family_matrix.py``). MobileNetV2 is covered by test_export.py.
+accuracy here would cost minutes each). MobileNetV2 is covered by test_export.py.
 """
 
 from __future__ import annotations
+
+import copy
 
 import numpy as np
 import pytest
@@ -34,11 +37,19 @@ pytestmark = pytest.mark.slow
 # the smallest member of each family (README: "CNN families measured")
 FAMILIES = ("mobilenet_v3_small", "mnasnet0_5", "efficientnet_b0", "regnet_x_400mf", "shufflenet_v2_x0_5",
             "resnet18", "squeezenet1_1", "googlenet", "densenet121")
-SIZES = (32, 64)
+SIZES = (32, 48)
 
 
 def _centred(a: np.ndarray) -> np.ndarray:
     return a - a.mean(1, keepdims=True)
+
+
+def _err(a: np.ndarray, b: np.ndarray) -> float:
+    return float(np.linalg.norm(_centred(a) - _centred(b)) / np.linalg.norm(_centred(b)))
+
+
+def _agree(a: np.ndarray, b: np.ndarray) -> float:
+    return float((a.argmax(1) == b.argmax(1)).mean())
 
 
 @pytest.mark.parametrize("size", SIZES)
@@ -58,14 +69,18 @@ def test_the_export_computes_what_the_simulation_computes(tmp_path, family, size
     with torch.no_grad():
         sim = torch.cat([q(x) for x, _ in test.batches(32)]).numpy()
         fp32 = torch.cat([model(x) for x, _ in test.batches(32)]).numpy()
+        q64 = copy.deepcopy(q).double()  # the same simulation in float64: how far float rounding alone moves it
+        sim64 = torch.cat([q64(x.double()) for x, _ in test.batches(32)]).float().numpy()
     int8 = np.concatenate([sess.run(None, {"input": x.numpy()})[0] for x, _ in test.batches(32)])
     if len(set(fp32.argmax(1).tolist())) == 1:
-        return  # random SqueezeNet at 64 px: one class for every image, nothing to compare image by image
-    agree = float((int8.argmax(1) == sim.argmax(1)).mean())
-    err_export = np.linalg.norm(_centred(int8) - _centred(sim)) / np.linalg.norm(_centred(sim))
-    err_sim = np.linalg.norm(_centred(sim) - _centred(fp32)) / np.linalg.norm(_centred(fp32))
-    # loose bounds, for random weights (measured: agreement 69-100%, export error 0.01-0.63 of the simulation's;
-    # trained digits models agree on 98.6-100%, see RESULTS); the grid check above is the exact one
-    assert agree >= 0.65, f"{family} at {size} px: INT8 and simulation agree on {100 * agree:.1f}% of images"
-    assert err_export < 0.75 * err_sim, (f"{family} at {size} px: export {err_export:.4f} from the simulation, "
-                                         f"simulation {err_sim:.4f} from FP32")
+        return  # random SqueezeNet: one class for every image, nothing to compare image by image
+    agree, floor_agree = _agree(int8, sim), _agree(sim64, sim)
+    err, floor_err = _err(int8, sim), _err(sim64, sim)
+    print(f"MATRIX {family} {size} agree {agree:.4f} (f64 {floor_agree:.4f}) err {err:.4f} (f64 {floor_err:.4f}) "
+          f"sim-fp32 {_err(sim, fp32):.4f}")
+    # integer kernels requantize in float32 differently from the simulation, so flips at grid boundaries are
+    # expected, as many as running the simulation itself in float64 gives; a wrong grid gives far more
+    assert agree >= floor_agree - 0.1, (f"{family} at {size} px: INT8 and simulation agree on {100 * agree:.1f}% "
+                                        f"of images; the simulation in float64 on {100 * floor_agree:.1f}%")
+    assert err < 3 * floor_err + 1e-3, (f"{family} at {size} px: export {err:.4f} from the simulation, float64 "
+                                        f"{floor_err:.4f}")

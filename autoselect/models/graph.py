@@ -12,7 +12,8 @@ Everything is derived from the module structure and one traced forward pass, not
   it is ``project``; the first conv of the model is ``stem``; a ``Linear`` with no conv after it is
   ``classifier``; everything else is ``conv`` (or ``linear``);
 - **BatchNorm pairs**: a ``BatchNorm2d`` whose input is exactly a conv's output is folded into that conv;
-- **activation**: the leaf module applied to a layer's (BN'd) output, e.g. ``ReLU6``, if any, and its path;
+- **activation**: the leaf module applied to a layer's (BN'd) output, e.g. ``ReLU6``, if any, and its path; or a
+  functional ``F.relu``/``F.relu6`` applied to it (no path);
 - **fed_by**: the layer whose output, through its BatchNorm and activation only, is this layer's input and is read
   by nothing else (no shortcut, no second branch): a per-input-channel scale of this layer can be folded into it;
 - **feeds_layers_only**: whether the layer's final output (after its BatchNorm and activation) is read by
@@ -56,7 +57,7 @@ class LayerInfo:
     bn: str | None = None  # path of the BatchNorm2d folded into this layer
     reads_block_input: bool = False  # its input is its block's input tensor (shared with a shortcut, if any)
     activation: str | None = None  # class name of the activation module applied right after it (BN folded)
-    activation_path: str | None = None  # that module's path
+    activation_path: str | None = None  # that module's path (None for a functional ReLU/ReLU6)
     fed_by: str | None = None  # the layer whose (BN'd, activated) output only this layer reads
     feeds_layers_only: bool = True  # its (BN'd, activated) output is read by quantizable layers only
 
@@ -148,14 +149,20 @@ class _Call:
     input_id: int
 
 
+# functional activations a layer's output may go through (e.g. torchvision's GoogLeNet: ``F.relu(bn(conv(x)))``)
+_FUNCTIONAL_ACTIVATIONS = {"relu": "ReLU", "relu_": "ReLU", "relu6": "ReLU6"}
+
+
 class _FunctionReads(torch.overrides.TorchFunctionMode):
     """Counts reads of each tensor by torch functions called outside leaf modules (``x + out``, ``torch.cat``)."""
 
     _META = {"__get__", "size", "dim", "numel", "stride", "is_contiguous", "storage_offset", "data_ptr"}
 
-    def __init__(self, reads: dict[tuple[int, int], int], depth: list[int], keep: list[torch.Tensor]) -> None:
+    def __init__(self, reads: dict[tuple[int, int], int], depth: list[int], keep: list[torch.Tensor],
+                 on_activation=None) -> None:
         super().__init__()
         self.reads, self.depth, self.keep = reads, depth, keep
+        self.on_activation = on_activation  # (function name, input, output): a functional ReLU/ReLU6 ran
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         if self.depth[0] == 0 and getattr(func, "__name__", "") not in self._META:
@@ -164,9 +171,15 @@ class _FunctionReads(torch.overrides.TorchFunctionMode):
                     if isinstance(t, torch.Tensor):
                         key = (id(t), t._version)
                         self.reads[key] = self.reads.get(key, 0) + 1
+        key = None
+        if self.depth[0] == 0 and args and isinstance(args[0], torch.Tensor):
+            key = (id(args[0]), args[0]._version)
         out = func(*args, **(kwargs or {}))
         if isinstance(out, torch.Tensor):
             self.keep.append(out)
+            name = getattr(func, "__name__", "")
+            if key is not None and self.on_activation is not None and name in _FUNCTIONAL_ACTIVATIONS:
+                self.on_activation(_FUNCTIONAL_ACTIVATIONS[name], key, out)
         return out
 
 
@@ -265,6 +278,14 @@ def _trace(model: nn.Module, example: torch.Tensor) -> _Trace:
 
         return fn
 
+    def functional_activation(name: str, key: tuple[int, int], out: torch.Tensor) -> None:
+        """A functional ReLU/ReLU6 applied to a layer's (BN'd) output is that layer's activation."""
+        src = produced_by.get(key[0])
+        if src is not None and src[1] == key[1] and src[0] not in activation_of:
+            activation_of[src[0]] = name
+            activated[id(out)] = (src[0], out._version)
+            final[src[0]] = (id(out), out._version)
+
     leaves = [(p, m) for p, m in model.named_modules() if p and not list(m.children())]
     handles = [m.register_forward_hook(hook(p)) for p, m in model.named_modules() if p]
     handles += [m.register_forward_pre_hook(leaf_pre_hook(p)) for p, m in leaves]
@@ -273,7 +294,7 @@ def _trace(model: nn.Module, example: torch.Tensor) -> _Trace:
     was_training = model.training
     model.eval()
     try:
-        with torch.no_grad(), _FunctionReads(reads, depth, keep):
+        with torch.no_grad(), _FunctionReads(reads, depth, keep, functional_activation):
             model(example)
     finally:
         for h in handles:

@@ -66,10 +66,11 @@ def quantize_model(
         ql = QuantLayer(layer, resolved[path], per_channel_stats=per_channel_stats, seed=0)
         ql.followed_by = graph[path].activation  # what a reconstruction method applies after the layer
         info = graph[path]
-        if fused and ql.out_observer is not None and info.activation in CLAMPING and info.activation_path:
+        if fused and ql.out_observer is not None and info.activation in CLAMPING:
             # its output grid sits after the ReLU (as the fused kernel writes it): observed there, it clamps as the
             # ReLU does, so it can be applied to the layer's own output
-            ql.observe_output_through(qmodel.get_submodule(info.activation_path))
+            ql.observe_output_through(qmodel.get_submodule(info.activation_path) if info.activation_path
+                                      else _FUNCTIONAL[info.activation])
         set_submodule(qmodel, path, ql)
     fold_smoothing(qmodel, graph, resolved)
     qmodel.autoselect_graph = graph  # type: ignore[assignment]  # for the methods that work on pairs of layers
@@ -83,6 +84,7 @@ def quantize_model(
 
 
 CLAMPING = ("ReLU", "ReLU6", "Hardtanh")
+_FUNCTIONAL = {"ReLU": nn.ReLU(), "ReLU6": nn.ReLU6(), "Hardtanh": nn.Hardtanh()}  # activations with no module
 FOLDABLE = (None, "ReLU", "ReLU6")  # activations f with f(s * z) = s * f(z) for s > 0 (ReLU6: see GridClip)
 
 
@@ -115,6 +117,8 @@ def smoothing_folds(info: LayerInfo, graph: Mapping[str, LayerInfo], specs: Mapp
     src = graph[fed_by]
     spec = specs.get(src.path)
     if src.activation not in FOLDABLE or src.out_channels != info.in_channels:
+        return False
+    if src.activation == "ReLU6" and src.activation_path is None:  # functional: no module to swap for a GridClip
         return False
     if spec is None:
         return True
