@@ -171,15 +171,15 @@ class _FunctionReads(torch.overrides.TorchFunctionMode):
                     if isinstance(t, torch.Tensor):
                         key = (id(t), t._version)
                         self.reads[key] = self.reads.get(key, 0) + 1
-        key = None
+        first: tuple[int, int] | None = None  # the first argument, before the call (an in-place op bumps it)
         if self.depth[0] == 0 and args and isinstance(args[0], torch.Tensor):
-            key = (id(args[0]), args[0]._version)
+            first = (id(args[0]), args[0]._version)
         out = func(*args, **(kwargs or {}))
         if isinstance(out, torch.Tensor):
             self.keep.append(out)
             name = getattr(func, "__name__", "")
-            if key is not None and self.on_activation is not None and name in _FUNCTIONAL_ACTIVATIONS:
-                self.on_activation(_FUNCTIONAL_ACTIVATIONS[name], key, out)
+            if first is not None and self.on_activation is not None and name in _FUNCTIONAL_ACTIVATIONS:
+                self.on_activation(_FUNCTIONAL_ACTIVATIONS[name], first, out)
         return out
 
 
