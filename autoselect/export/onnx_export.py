@@ -90,11 +90,9 @@ class _Reader:
         self._it = iter(self._batches)
 
 
-def _layer_nodes(model_path: Path) -> dict[str, Any]:
-    """Layer path → its Conv/Gemm node, found by the ``<path>.weight`` initializer the node consumes."""
-    import onnx
-
-    graph = onnx.load(str(model_path)).graph
+def _layer_nodes(graph: Any) -> dict[str, Any]:
+    """Layer path → its Conv/Gemm node in ``graph`` (an ONNX GraphProto), found by the ``<path>.weight``
+    initializer the node consumes."""
     inits = {i.name for i in graph.initializer}
     out = {}
     for node in graph.node:
@@ -107,7 +105,7 @@ def _layer_nodes(model_path: Path) -> dict[str, Any]:
     return out
 
 
-def _activation_grids(model_path: Path, overrides: dict[str, list[dict[str, Any]]]) -> list[str]:
+def _activation_grids(graph: Any, overrides: dict[str, list[dict[str, Any]]]) -> list[str]:
     """Give every ReLU/ReLU6 node the grids the simulation has around it; returns the names of those left without a
     grid on their output, to be kept in float.
 
@@ -118,14 +116,13 @@ def _activation_grids(model_path: Path, overrides: dict[str, list[dict[str, Any]
     - A ReLU whose output still has no grid feeds no quantized layer (a concatenation, a pool, the model's output)
       and is not quantized in the simulation: quantizing it on a range onnxruntime calibrated itself would requantize
       values the simulation keeps."""
-    import onnx
 
     def zero_based(grid: list[dict[str, Any]] | None) -> bool:
         return grid is not None and len(grid) == 1 and "axis" not in grid[0] \
             and grid[0]["quant_type"].name == "QUInt8" and int(grid[0]["zero_point"]) == 0
 
     float_nodes = []
-    for node in onnx.load(str(model_path)).graph.node:
+    for node in graph.node:
         if node.op_type not in ("Relu", "Clip"):
             continue
         src, dst = node.input[0], node.output[0]
@@ -185,6 +182,7 @@ def export(
     """
     if quant_format not in ("qdq", "qoperator"):
         raise AutoselectError(f"quant_format must be 'qdq' or 'qoperator', got {quant_format!r}")
+    import onnx
     from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
 
     plan = getattr(qmodel, "autoselect_plan", None)
@@ -200,7 +198,8 @@ def export(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     fp32_path = export_fp32_onnx(deploy_model(qmodel), out / "model_fp32.onnx", input_shape)
-    nodes = _layer_nodes(fp32_path)
+    fp32_graph = onnx.load(str(fp32_path)).graph
+    nodes = _layer_nodes(fp32_graph)
     missing = sorted(set(layers) - set(nodes))
     if missing:
         raise AutoselectError(f"exported graph lost layer {missing[0]!r} ({len(missing)} in all)")
@@ -228,7 +227,7 @@ def export(
             if ql.spec.weight.per_channel:
                 per_channel[0]["axis"] = 0  # onnxruntime reads a list without "axis" as per-tensor
             overrides[node.input[1]] = per_channel
-    exclude += _activation_grids(fp32_path, overrides)
+    exclude += _activation_grids(fp32_graph, overrides)
     int8_path = out / "model_int8.onnx"
     with atomic_path(int8_path) as tmp, _no_preprocessing_advice():
         quantize_static(

@@ -219,11 +219,6 @@ class QuantLayer(nn.Module):
         requantizing after the activation does (a fused conv+ReLU kernel writing to a grid of its own)."""
         self._output_through = [activation]  # a list: not a submodule
 
-    @property
-    def output_observed_after(self) -> str | None:
-        """The class name of the activation the output grid is observed after, or None."""
-        return type(self._output_through[0]).__name__ if self._output_through else None
-
     def quantize_output(self, y: torch.Tensor) -> torch.Tensor:
         if self.spec is None or self.spec.output is None:
             return y

@@ -22,6 +22,7 @@ integer model then strayed 10x further from the simulation than the unfused QDQ 
 from __future__ import annotations
 
 import difflib
+import functools
 from dataclasses import dataclass
 
 from autoselect.errors import AutoselectError
@@ -110,18 +111,30 @@ ALIASES = ("x86",)
 _VNNI_FLAGS = ("avx512_vnni", "avx_vnni")
 
 
+@functools.cache
+def _cpuinfo() -> dict[str, str] | None:
+    """The first value of each field of Linux's /proc/cpuinfo (read once per process); None elsewhere."""
+    from pathlib import Path
+
+    info = Path("/proc/cpuinfo")
+    if not info.exists():
+        return None
+    fields: dict[str, str] = {}
+    for line in info.read_text(errors="replace").splitlines():
+        key, sep, value = line.partition(":")
+        if sep:
+            fields.setdefault(key.strip(), value.strip())
+    return fields
+
+
 def _cpu_flags() -> set[str] | None:
     """The CPU's feature flags (Linux /proc/cpuinfo; macOS sysctl); None where they cannot be read."""
     import platform
     import subprocess
-    from pathlib import Path
 
-    info = Path("/proc/cpuinfo")
-    if info.exists():
-        for line in info.read_text(errors="replace").splitlines():
-            if line.startswith("flags"):
-                return set(line.split(":", 1)[1].split())
-        return None
+    info = _cpuinfo()
+    if info is not None:
+        return set(info["flags"].split()) if "flags" in info else None
     if platform.system() == "Darwin":
         try:
             out = subprocess.run(["sysctl", "-n", "machdep.cpu.features", "machdep.cpu.leaf7_features"],
@@ -149,15 +162,9 @@ def cpu_facts() -> dict[str, object]:
     """What an export's latency and agreement were measured on: the CPU's name, the int8-relevant flags it has, and
     the x86 target it runs."""
     import platform
-    from pathlib import Path
 
-    name = platform.processor() or platform.machine()
-    info = Path("/proc/cpuinfo")
-    if info.exists():
-        for line in info.read_text(errors="replace").splitlines():
-            if line.startswith("model name"):
-                name = line.split(":", 1)[1].strip()
-                break
+    info = _cpuinfo() or {}
+    name = info.get("model name") or platform.processor() or platform.machine()
     flags = _cpu_flags()
     relevant = ("avx2", "avx512f", "avx512bw", *_VNNI_FLAGS, "amx_int8")
     return {"cpu": name, "int8_flags": None if flags is None else [f for f in relevant if f in flags],
