@@ -30,6 +30,14 @@ def apply_threads(args: argparse.Namespace) -> None:
     torch.set_num_threads(args.threads)
 
 
+def logit_rel_err(a, b) -> float:
+    """||a - b|| / ||b|| over logits (numpy, images x classes), each image's logits centred first."""
+    import numpy as np
+
+    a, b = a - a.mean(1, keepdims=True), b - b.mean(1, keepdims=True)
+    return float(np.linalg.norm(a - b) / np.linalg.norm(b))
+
+
 def save_result(path: str | Path, obj: object) -> Path:
     """Write a result as indented JSON, atomically."""
     with atomic_path(path) as tmp:

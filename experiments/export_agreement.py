@@ -16,17 +16,12 @@ from datetime import date
 
 import numpy as np
 import torch
-from _common import SHARED, save_result
+from _common import SHARED, logit_rel_err, save_result
 
 from autoselect import load_images, load_model
 from autoselect.export import export, ort_session
 from autoselect.plan import LayerAction, Plan
 from autoselect.quant.apply import apply_plan
-
-
-def _rel(a: np.ndarray, b: np.ndarray) -> float:
-    a, b = a - a.mean(1, keepdims=True), b - b.mean(1, keepdims=True)
-    return float(np.linalg.norm(a - b) / np.linalg.norm(b))
 
 
 def main() -> None:
@@ -68,8 +63,8 @@ def main() -> None:
                "agree_int8_sim": 100 * float((p_int8 == p_sim).mean()),
                "agree_int8_fp32": 100 * float((p_int8 == p_fp32).mean()),
                "agree_sim_fp32": 100 * float((p_sim == p_fp32).mean()),
-               "rel_err_int8_sim": _rel(int8, sim), "rel_err_sim_fp32": _rel(sim, fp32),
-               "rel_err_int8_fp32": _rel(int8, fp32)}
+               "rel_err_int8_sim": logit_rel_err(int8, sim), "rel_err_sim_fp32": logit_rel_err(sim, fp32),
+               "rel_err_int8_fp32": logit_rel_err(int8, fp32)}
         rows.append(row)
         print(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()}), flush=True)
         save_result(args.out, {"date": str(date.today()), "weights": args.weights, "target": args.target,

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from _common import RESULTS, ROOT, save_result
+from _common import RESULTS, ROOT, logit_rel_err, save_result
 
 from autoselect import load_images, load_model
 from autoselect.export import export, ort_session
@@ -80,12 +80,11 @@ def _row(model: str, size: int, targets: list[str], weights: Path | None, args: 
                 res = export(q, calib.batches(64), d, input_shape=(1, 3, size, size))
                 sess = ort_session(res.int8_path, threads=args.threads)
                 int8 = np.concatenate([sess.run(None, {"input": x.numpy()})[0] for x, _ in test.batches(64)])
-            c = lambda a: a - a.mean(1, keepdims=True)  # noqa: E731
             row.update({"int8_top1": 100 * float((int8.argmax(1) == labels).mean()),
                         "agree_int8_sim": 100 * float((int8.argmax(1) == sim.argmax(1)).mean()),
                         "agree_int8_fp32": 100 * float((int8.argmax(1) == fp32.argmax(1)).mean()),
-                        "rel_err_int8_sim": float(np.linalg.norm(c(int8) - c(sim)) / np.linalg.norm(c(sim))),
-                        "rel_err_sim_fp32": float(np.linalg.norm(c(sim) - c(fp32)) / np.linalg.norm(c(fp32)))})
+                        "rel_err_int8_sim": logit_rel_err(int8, sim),
+                        "rel_err_sim_fp32": logit_rel_err(sim, fp32)})
         row["seconds"] = time.perf_counter() - t0
         print(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()}), flush=True)
         rows.append(row)

@@ -12,8 +12,8 @@ import argparse
 import copy
 import json
 
-import numpy as np
 import torch
+from _common import logit_rel_err
 
 from autoselect import load_images, load_model
 from autoselect.plan import LayerAction, Plan
@@ -41,10 +41,9 @@ def main() -> None:
         f32 = torch.cat([q(x) for x, _ in test.batches(64)]).numpy()
         q64 = copy.deepcopy(q).double()
         f64 = torch.cat([q64(x.double()) for x, _ in test.batches(64)]).float().numpy()
-    c = lambda a: a - a.mean(1, keepdims=True)  # noqa: E731
     print(json.dumps({"model": args.model, "size": args.size, "target": args.target, "images": len(test),
                       "agree_f32_f64": round(100 * float((f32.argmax(1) == f64.argmax(1)).mean()), 2),
-                      "rel_err_f32_f64": round(float(np.linalg.norm(c(f32) - c(f64)) / np.linalg.norm(c(f64))), 4)}))
+                      "rel_err_f32_f64": round(logit_rel_err(f32, f64), 4)}))
 
 
 if __name__ == "__main__":
