@@ -128,3 +128,20 @@ def test_profile_applies_the_specs_post_training_methods_and_times_them(tiny, ba
         adaround.ITERATIONS = old
     assert treated.timings["method_adaround_s"] > 0 and treated.timings["method_bias_correction_s"] > 0
     assert treated.output["qmse"] < 0.8 * plain.output["qmse"], (treated.output, plain.output)
+
+
+def test_large_inputs_are_profiled_in_pieces_that_fit_memory(tiny, batches, monkeypatch):
+    import autoselect.profiling.profiler as prof
+
+    whole = profile(tiny, batches, spec=w8a8(), local_fraction=1.0)
+    monkeypatch.setattr(prof, "TAP_BATCH_MB", 0)  # one image per piece
+    seen: list[int] = []
+    hook = tiny.register_forward_pre_hook(lambda m, args: seen.append(len(args[0])))
+    try:
+        pieces = profile(tiny, batches, spec=w8a8(), local_fraction=1.0)
+    finally:
+        hook.remove()
+    assert seen and max(seen) == 1 and len(seen) >= 24  # 3 batches of 8, one image at a time
+    a, b = whole.layers.set_index("path"), pieces.layers.set_index("path")
+    for col in ("drift", "qmse", "local_drift", "act_range"):  # min-max ranges: the same, whatever the pieces
+        assert b[col].to_numpy() == pytest.approx(a.loc[b.index, col].to_numpy(), rel=1e-3, abs=1e-9), col

@@ -12,7 +12,16 @@ from dataclasses import dataclass, replace
 import torch
 import torch.nn.functional as F
 
-__all__ = ["ImageSet", "Batches", "split_batch"]
+__all__ = ["ImageSet", "Batches", "MAX_BATCH_PIXELS", "inference_batch", "split_batch"]
+
+MAX_BATCH_PIXELS = 64 * 224 * 224  # evaluation and calibration batches: at most 64 images at 224x224
+
+
+def inference_batch(batch_size: int, height: int, width: int) -> int:
+    """``batch_size`` capped for passes without gradients (evaluation, calibration), whose batches the commands
+    size for 32x32 inputs (512, 128): at 224x224 a batch of 512 would hold about 10 GB in the largest layer of a
+    simulated MobileNetV2. Nothing changes up to 128 images at 32-158 px; training batches are never capped."""
+    return max(1, min(batch_size, MAX_BATCH_PIXELS // max(1, height * width)))
 
 
 def split_batch(batch: object) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -57,6 +66,18 @@ class ImageSet:
             return self
         return replace(self, mean=tuple(normalize["mean"]), std=tuple(normalize["std"]))  # type: ignore[arg-type]
 
+    @property
+    def decoded_bytes(self) -> int:
+        return self.images.numel()
+
+    @property
+    def storage(self) -> str:
+        return f"in memory ({self.decoded_bytes / 2**20:.1f} MB)"
+
+    def in_memory(self, max_bytes: int | None = None) -> ImageSet:
+        """Already in memory (the interface of :meth:`FileImageSet.in_memory`)."""
+        return self
+
     def subset(self, n: int | None, *, seed: int = 0) -> ImageSet:
         """A seeded random subset of ``n`` images (all of them when ``n`` is None or large enough)."""
         if n is None or n >= len(self):
@@ -75,6 +96,10 @@ class ImageSet:
 
     def batches(self, batch_size: int = 128, *, device: torch.device | str = "cpu", shuffle: bool = False,
                 augment: bool = False, seed: int = 0) -> Batches:
+        """Normalized ``(x, y)`` batches; without ``shuffle`` or ``augment`` (evaluation, calibration) the batch is
+        capped by :func:`inference_batch`."""
+        if not shuffle and not augment:
+            batch_size = inference_batch(batch_size, *self.images.shape[-2:])
         return Batches(self, batch_size, torch.device(device), shuffle, augment, seed)
 
 

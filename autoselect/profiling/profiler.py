@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
 import torch
@@ -100,6 +100,34 @@ def _reiterable(data: Iterable) -> Iterable:
     return data if iter(data) is not data else list(data)
 
 
+TAP_BATCH_MB = 512  # the most one batch's stored outputs (every layer and block) may take
+
+
+class _Rebatched:
+    """``data`` with every batch cut into pieces of at most ``size`` images (re-iterable as ``data`` is)."""
+
+    def __init__(self, data: Iterable, size: int) -> None:
+        self.data, self.size = data, size
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor | None]]:
+        for batch in self.data:
+            x, y = split_batch(batch)
+            for i in range(0, len(x), self.size):
+                yield x[i : i + self.size], (y[i : i + self.size] if y is not None else None)
+
+
+def _bounded(data: Iterable, tap: _Tap, qmodel: nn.Module, x0: torch.Tensor, device: torch.device) -> Iterable:
+    """``data`` in batches whose stored layer outputs fit :data:`TAP_BATCH_MB` (at 224x224, MobileNetV2 stores
+    about 90 MB per image: a batch of 128 would hold 12 GB)."""
+    set_mode(qmodel, "fp32")
+    tap.mode = "store"
+    qmodel(x0[:1].to(device))
+    per_image = max(1, _nbytes(tap.take()))
+    tap.mode = "off"
+    size = max(1, TAP_BATCH_MB * 2**20 // per_image)
+    return data if size >= len(x0) else _Rebatched(data, size)
+
+
 def _nbytes(tensors: dict[str, torch.Tensor]) -> int:
     return sum(t.numel() * t.element_size() for t in tensors.values())
 
@@ -149,6 +177,7 @@ def profile(
     tap = _Tap(measured, local_fraction)
     timings: dict[str, float] = {"setup_s": time.perf_counter() - t_setup}
     try:
+        data = _bounded(data, tap, qmodel, x0, device)
         transform_seconds = run_transforms(qmodel, data, device=device, progress=progress)  # tap is "off"
         # pass 1: FP32 reference + calibration, keeping the outputs while they fit
         t0 = time.perf_counter()
