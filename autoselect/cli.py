@@ -69,6 +69,10 @@ def _common(p: argparse.ArgumentParser, *, data_default: str = "digits") -> None
     p.add_argument("--num-classes", type=POS, help="default: from the weights file, else from the data")
     p.add_argument("--input-size", type=POS, help="square input size; default: from the weights file, else 32")
     p.add_argument("--data", default=data_default, help="'digits' (embedded), 'cifar10', or an ImageFolder directory")
+    p.add_argument("--data-mode", choices=["auto", "memory", "stream"], default="auto",
+                   help="a directory's images: decoded into memory, or streamed from disk by DataLoader workers "
+                        "(auto: in memory up to 1 GiB of pixels)")
+    p.add_argument("--workers", type=NONNEG, help="DataLoader processes for streamed images (default: up to 4)")
     p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:N")
     p.add_argument("--batch-size", type=POS, default=128)
     p.add_argument("--seed", type=NONNEG, default=0)
@@ -250,7 +254,8 @@ def _prepare(args: argparse.Namespace, *, seed_override: int | None = None, **kw
     from autoselect.prepare import prepare
 
     return prepare(args.model, weights=args.weights, data=args.data, num_classes=args.num_classes,
-                   input_size=args.input_size, seed=args.seed if seed_override is None else seed_override, **kw)
+                   input_size=args.input_size, seed=args.seed if seed_override is None else seed_override,
+                   data_mode=args.data_mode, workers=args.workers, **kw)
 
 
 def _device(args: argparse.Namespace):
@@ -551,8 +556,8 @@ def _cmd_search(args: argparse.Namespace) -> int:
 
     no_prune = {"prune_margin": None} if args.no_prune else given(prune_margin=args.prune_margin)
     cfg = SearchConfig(
-        model=args.model, weights=args.weights, data=args.data, num_classes=args.num_classes,
-        input_size=args.input_size, target=args.target, weight_bits=args.weight_bits, act_bits=args.act_bits,
+        model=args.model, weights=args.weights, data=args.data, data_mode=args.data_mode, workers=args.workers,
+        num_classes=args.num_classes, input_size=args.input_size, target=args.target, weight_bits=args.weight_bits, act_bits=args.act_bits,
         max_model_bits=args.max_model_bits, no_train=args.no_train, space=args.space,
         proxy=ProxyBudget(**given(steps=args.proxy_steps, batch_size=args.proxy_batch, lr=args.proxy_lr,
                                   eval_every=args.eval_every, calib_images=args.calib_images)),

@@ -5,7 +5,8 @@
 - ``"digits"`` — scikit-learn's bundled 8x8 handwritten digits (1,797 images, 10 classes), upsampled to
   ``input_size`` and made RGB; a fixed 80/20 stratified split. Works offline on a fresh machine;
 - ``"cifar10"`` — torchvision's CIFAR-10, downloaded to ``~/.cache/autoselect`` where a network allows;
-- a directory — ImageFolder layout; if it holds ``train/`` and ``test/`` (or ``val/``), ``split`` picks one.
+- a directory — ImageFolder layout; if it holds ``train/`` and ``test/`` (or ``val/``), ``split`` picks one. It is
+  decoded into memory when small, else streamed from disk (:mod:`autoselect.data.files`).
 """
 
 from __future__ import annotations
@@ -18,9 +19,10 @@ import torch
 import torch.nn.functional as F
 
 from autoselect.data.batches import ImageSet
+from autoselect.data.files import FileImageSet, list_image_folder
 from autoselect.errors import AutoselectError, first_line
 
-__all__ = ["load_images", "CIFAR10_NORMALIZE"]
+__all__ = ["load_images", "image_stats", "CIFAR10_NORMALIZE", "MEMORY_BYTES", "MODES"]
 
 CIFAR10_NORMALIZE = {"mean": [0.4913, 0.4821, 0.4465], "std": [0.2452, 0.2428, 0.2606]}  # train split, 0-1 scale
 _CIFAR_MEAN = (0.4913, 0.4821, 0.4465)
@@ -38,7 +40,7 @@ def _resize(images: torch.Tensor, size: int) -> torch.Tensor:
 Triple = tuple[float, float, float]
 
 
-def _stats(images: torch.Tensor) -> tuple[Triple, Triple]:
+def image_stats(images: torch.Tensor) -> tuple[Triple, Triple]:
     x = images[:4096].float().div(255.0)
     m = [round(v, 4) for v in x.mean(dim=(0, 2, 3)).tolist()]
     s = [round(v, 4) for v in x.std(dim=(0, 2, 3)).clamp(min=1e-3).tolist()]
@@ -56,7 +58,7 @@ def _digits(split: str, size: int) -> ImageSet:
     idx = torch.from_numpy(idx_train if split == "train" else idx_test)
     imgs = _resize(x[idx].unsqueeze(1).expand(-1, 3, -1, -1), size)
     full = _resize(x.unsqueeze(1).expand(-1, 3, -1, -1)[torch.from_numpy(idx_train)], size)
-    mean, std = _stats(full)  # always the train split's statistics
+    mean, std = image_stats(full)  # always the train split's statistics
     return ImageSet(imgs.contiguous(), y[idx], tuple(str(i) for i in range(10)), mean, std, "digits", hflip=False)
 
 
@@ -74,56 +76,40 @@ def _cifar10(split: str, size: int) -> ImageSet:
     return ImageSet(imgs, torch.tensor(ds.targets), tuple(ds.classes), _CIFAR_MEAN, _CIFAR_STD, "cifar10")
 
 
-def _decode(path: str, size: int) -> torch.Tensor:
-    from PIL import Image
-
-    try:
-        with Image.open(path) as f:
-            rgb = f.convert("RGB")
-    except (OSError, ValueError, Image.DecompressionBombError) as exc:  # UnidentifiedImageError is an OSError
-        raise AutoselectError(f"cannot decode image {path}: {first_line(exc)}") from None
-    if rgb.size != (size, size):
-        rgb = rgb.resize((size, size), Image.Resampling.BILINEAR)
-    return torch.from_numpy(np.asarray(rgb, dtype=np.uint8).copy()).permute(2, 0, 1)
+_CIFAR_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+MODES = ("auto", "memory", "stream")
+MEMORY_BYTES = 1 << 30  # auto: decode into memory up to 1 GiB of uint8 pixels, else stream
 
 
-def _image_folder(root: Path, split: str, size: int, limit: int | None, seed: int) -> ImageSet:
-    from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes, make_dataset
-
+def _image_folder(root: Path, split: str, size: int, limit: int | None, seed: int, mode: str,
+                  max_bytes: int, workers: int | None) -> ImageSet | FileImageSet:
     base = root
     if (root / "train").is_dir():
         base = root / split if (root / split).is_dir() else root / ("val" if split == "test" else split)
         if not base.is_dir():
             raise AutoselectError(f"data directory {root} has no {split}/ split")
-    try:
-        classes, to_idx = find_classes(str(base))
-        samples = make_dataset(str(base), to_idx, extensions=IMG_EXTENSIONS)
-    except (FileNotFoundError, OSError) as exc:
-        raise AutoselectError(f"data directory {base} is not an ImageFolder: {first_line(exc)}") from None
-    if not samples:
-        raise AutoselectError(f"data directory {base} holds no images")
-    if limit is not None and limit < len(samples):
-        pick = torch.randperm(len(samples), generator=torch.Generator().manual_seed(seed))[:limit].sort().values
-        samples = [samples[i] for i in pick.tolist()]
-    from concurrent.futures import ThreadPoolExecutor
-
-    with ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1)) as pool:
-        imgs = list(pool.map(lambda s: _decode(s[0], size), samples, chunksize=256))
-    images = torch.stack(imgs)
-    labels = torch.tensor([s[1] for s in samples], dtype=torch.int64)
-    if [c.lower() for c in classes] == ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse",
-                                        "ship", "truck"]:
-        mean, std = _CIFAR_MEAN, _CIFAR_STD
-    else:
-        mean, std = _stats(images)
-    return ImageSet(images, labels, tuple(classes), mean, std, str(base))
+    paths, labels, classes = list_image_folder(base)
+    cifar = [c.lower() for c in classes] == _CIFAR_CLASSES
+    files = FileImageSet(str(base), paths, labels, classes, size, mean=_CIFAR_MEAN if cifar else None,
+                         std=_CIFAR_STD if cifar else None, source=str(base), workers=workers)
+    files = files.subset(limit, seed=seed)
+    if mode == "stream" or (mode == "auto" and files.decoded_bytes > max_bytes):
+        return files
+    return files.in_memory()
 
 
 def load_images(source: str, *, split: str = "test", input_size: int = 32, limit: int | None = None,
-                seed: int = 0) -> ImageSet:
-    """Load ``split`` of ``source`` into memory at ``input_size``; ``limit`` keeps a seeded random subset."""
+                seed: int = 0, mode: str = "auto", max_bytes: int = MEMORY_BYTES,
+                workers: int | None = None) -> ImageSet | FileImageSet:
+    """``split`` of ``source`` at ``input_size``; ``limit`` keeps a seeded random subset (drawn before decoding).
+
+    A directory is decoded into memory (an :class:`ImageSet`) when ``mode`` is ``memory``, or ``auto`` and its
+    pixels take at most ``max_bytes``; otherwise it is a :class:`FileImageSet` that streams from disk through
+    ``workers`` DataLoader processes. ``digits`` and ``cifar10`` are always in memory."""
     if split not in _SPLITS:
         raise ValueError(f"split must be one of {_SPLITS}")
+    if mode not in MODES:
+        raise AutoselectError(f"data mode must be one of {', '.join(MODES)}, got {mode!r}")
     if limit is not None and limit < 1:
         raise AutoselectError(f"the number of images must be positive, got {limit}")
     if source == "digits":
@@ -136,5 +122,5 @@ def load_images(source: str, *, split: str = "test", input_size: int = 32, limit
             raise AutoselectError(f"data directory not found: {source} (or use 'digits' or 'cifar10')")
         if not root.is_dir():
             raise AutoselectError(f"--data must be a directory, 'digits' or 'cifar10', got file {source}")
-        return _image_folder(root, split, input_size, limit, seed)
+        return _image_folder(root, split, input_size, limit, seed, mode, max_bytes, workers)
     return data.subset(limit, seed=seed)

@@ -16,7 +16,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 
-from autoselect.data.batches import ImageSet
+from autoselect.data.sources import MEMORY_BYTES
+from autoselect.data.types import Images, as_images
 from autoselect.errors import AutoselectError
 from autoselect.evaluate import accuracy
 from autoselect.models.graph import LayerGraph
@@ -76,17 +77,19 @@ class Outcome:
 class TrialEvaluator:
     """Holds the FP32 model, its layer graph and the data; :meth:`evaluate` runs one plan."""
 
-    def __init__(self, model: nn.Module, graph: LayerGraph, train: ImageSet, val: ImageSet, budget: ProxyBudget,
+    def __init__(self, model: nn.Module, graph: LayerGraph, train: Images, val: Images, budget: ProxyBudget,
                  latency: LatencyModel, *, device: torch.device | str = "cpu", seed: int = 0,
                  ptq_cache: dict[str, float] | None = None, reuse: dict | None = None) -> None:
         self.model = model.eval()
         self.graph = graph
-        self.train, self.val = train, val
+        # validation and calibration images are read at every evaluation: decoded once where they fit in memory
+        # (here, not before: the Ray backend ships a streamed set's paths, and each trial decodes its own copy)
+        self.train, self.val = as_images(train), as_images(val).in_memory(MEMORY_BYTES)
         self.budget = budget
         self.latency = latency
         self.device = device
         self.seed = seed
-        self.calib = train.subset(budget.calib_images, seed=seed)
+        self.calib = self.train.subset(budget.calib_images, seed=seed).in_memory(MEMORY_BYTES)
         # step-0 (PTQ) top-1 per quantization configuration: before training, freeze and QAT layers are quantized
         # alike from the same calibration images, so plans that differ only in what they retrain share it
         # (``ptq_cache`` passes one evaluator's cache to another: the Ray backend's trials start from the driver's)

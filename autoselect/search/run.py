@@ -20,6 +20,7 @@ from typing import Any
 import pandas as pd
 
 from autoselect._io import atomic_path, output_dir
+from autoselect.data.sources import MEMORY_BYTES
 from autoselect.errors import AutoselectError
 from autoselect.quant.methods import with_defaults
 from autoselect.search.bits import BitBudget
@@ -57,6 +58,8 @@ class SearchConfig:
     model: str = "mobilenet_v2"
     weights: str | None = None
     data: str = "digits"
+    data_mode: str = "auto"  # auto | memory | stream (directories; see autoselect.data.load_images)
+    workers: int | None = None  # DataLoader processes of a streamed set (default: up to 4)
     num_classes: int | None = None
     input_size: int | None = None
     target: str | None = None  # default: the space's
@@ -125,7 +128,8 @@ def _prepare(cfg: SearchConfig, out: Path):
             from autoselect.train import train_baseline
 
             prep = prepare(cfg.model, weights=None, data=cfg.data, num_classes=cfg.num_classes,
-                           input_size=cfg.input_size, seed=cfg.seed, warn_untrained=False)
+                           input_size=cfg.input_size, seed=cfg.seed, warn_untrained=False, data_mode=cfg.data_mode,
+                           workers=cfg.workers)
             assert prep.train is not None and prep.test is not None
             lm = prep.loaded
             # the validation images stay out of the baseline's training, as they stay out of the proxy's: a model
@@ -138,7 +142,7 @@ def _prepare(cfg: SearchConfig, out: Path):
                             input_size=lm.input_size, normalize=prep.train.normalize, test_acc=res.best_acc,
                             epoch=res.best_epoch, data=cfg.data, history=res.history)
     return prepare(cfg.model, weights=weights, data=cfg.data, num_classes=cfg.num_classes, input_size=cfg.input_size,
-                   splits=("train",), seed=cfg.seed)
+                   splits=("train",), seed=cfg.seed, data_mode=cfg.data_mode, workers=cfg.workers)
 
 
 def post_training_only(space: SearchSpace) -> SearchSpace:
@@ -169,23 +173,49 @@ def _space(cfg: SearchConfig, target_name: str | None) -> tuple[SearchSpace, Any
     return space, target
 
 
-def search(cfg: SearchConfig) -> SearchResult:
+def search(cfg: SearchConfig, *, train: Any = None, val: Any = None) -> SearchResult:
     """Run (or resume) a search; see the module docstring for what it writes. ``cfg.out`` is checked before any
-    work; a search that fails leaves no output folder behind, unless it holds what a rerun continues from."""
+    work; a search that fails leaves no output folder behind, unless it holds what a rerun continues from.
+
+    ``train`` / ``val``: the caller's own data instead of ``cfg.data`` — image sets, DataLoaders or loader factories
+    (:func:`autoselect.data.as_images`; a factory is what the Ray backend should get: each trial builds its own
+    loader). ``val`` is required with a loader (a loader cannot be split), and ``cfg.weights`` with either."""
     if cfg.backend not in BACKENDS:
         raise AutoselectError(f"unknown backend {cfg.backend!r}; choose one of {', '.join(BACKENDS)}")
     if cfg.max_model_bits is not None and cfg.constraints.max_model_mb is not None:
         raise AutoselectError("give --max-model-mb or --max-model-bits, not both")
+    prepared = _callers_data(cfg, train, val) if train is not None or val is not None else None
     with output_dir(cfg.out, worth_keeping=_resumable):
         if cfg.backend == "ray":  # connect first: an unreachable cluster should fail before the profile, not after
             from autoselect.search.ray_backend import ray_session
             from autoselect.search.ray_client import is_client_address, search_via_client
 
             if is_client_address(cfg.ray.address):
+                if prepared is not None:
+                    raise AutoselectError("a Ray Client search loads its data on the cluster: pass --data, not "
+                                          "train=/val= loaders")
                 return search_via_client(cfg)
             with ray_session(cfg.ray.address):
-                return _search(cfg)
-        return _search(cfg)
+                return _search(cfg, prepared)
+        return _search(cfg, prepared)
+
+
+def _callers_data(cfg: SearchConfig, train: Any, val: Any):
+    from autoselect.data import LoaderImages, as_images
+    from autoselect.models import load_model
+    from autoselect.prepare import Prepared
+
+    if train is None:
+        raise AutoselectError("search: val= was given without train=")
+    if cfg.weights is None:
+        raise AutoselectError("search with the caller's own data needs cfg.weights (a trained FP32 checkpoint)")
+    tr = as_images(train)
+    va = as_images(val) if val is not None else None
+    if va is None and isinstance(tr, LoaderImages):
+        raise AutoselectError("search: a training loader cannot be split; pass val= (a validation loader) too")
+    lm = load_model(cfg.model, weights=cfg.weights, num_classes=cfg.num_classes, input_size=cfg.input_size)
+    return Prepared(loaded=lm, train=tr.with_normalize(lm.normalize), test=None,
+                    val=va.with_normalize(lm.normalize) if va is not None else None)
 
 
 def _resumable(out: Path) -> str | None:
@@ -226,10 +256,14 @@ def _search(cfg: SearchConfig, prepared: Any = None) -> SearchResult:
     study = open_study(out / "study.db", resume=cfg.resume, sampler=cfg.sampler, seed=cfg.seed,
                        startup=len(space.prior_budgets) + 4)
     prep = prepared if prepared is not None else _prepare(cfg, out)
+    prepare_s = time.perf_counter() - t_start  # model and data listed (and an FP32 baseline trained, if it was)
     assert prep.train is not None
     lm = prep.loaded
     size = lm.input_size
-    train, val = prep.train.split(_val_count(cfg, len(prep.train)), seed=cfg.seed)
+    if prep.val is not None:  # the caller's own validation loader
+        train, val = prep.train, prep.val
+    else:
+        train, val = prep.train.split(_val_count(cfg, len(prep.train)), seed=cfg.seed)
     train = train.subset(cfg.train_images, seed=cfg.seed)
     graph = build_layer_graph(lm.model, (1, 3, size, size))
 
@@ -247,7 +281,8 @@ def _search(cfg: SearchConfig, prepared: Any = None) -> SearchResult:
         _say(cfg, f"profile: reusing {prof_dir}")
     else:
         _say(cfg, f"profile: {spec.describe()} on {min(cfg.profile_images, len(train))} images")
-        report = profile(lm.model, train.subset(cfg.profile_images, seed=cfg.seed).batches(128, device=device),
+        profile_set = train.subset(cfg.profile_images, seed=cfg.seed).in_memory(MEMORY_BYTES)  # read 2-3 times
+        report = profile(lm.model, profile_set.batches(128, device=device),
                          spec=spec, graph=graph, device=device, progress=cfg.progress, model_name=cfg.model,
                          reuse=reuse)
         report.save(prof_dir)
@@ -307,11 +342,13 @@ def _search(cfg: SearchConfig, prepared: Any = None) -> SearchResult:
     _say(cfg, f"latency: {latency.unit}")
 
     # 4. the study
+    t0 = time.perf_counter()
     evaluator = TrialEvaluator(lm.model, graph, train, val, cfg.proxy, latency, device=device, seed=cfg.seed,
                                reuse=reuse)
     fp32_top1 = evaluator.val_top1(lm.model)
     ptq_plan = make_plan(frozen)
     ptq_top1 = evaluator.ptq_top1(ptq_plan)  # cached: the prior's all-frozen trial costs nothing more
+    references_s = time.perf_counter() - t0  # validation and calibration images decoded, FP32 and PTQ scored
     _say(cfg, f"{cfg.model}: {len(groups)} groups ({len(searched)} searched), {len(parameters)} parameters; "
               f"validation ({len(val)} images): FP32 {fp32_top1:.2f}%, all frozen (PTQ) {ptq_top1:.2f}%; "
               f"{cfg.trials} trials of {cfg.proxy.steps} steps x {cfg.proxy.batch_size}")
@@ -347,6 +384,8 @@ def _search(cfg: SearchConfig, prepared: Any = None) -> SearchResult:
                           max_failures=r.max_failures, storage_path=str((out / "ray").resolve()),
                           progress=cfg.progress, describe=describe, on_finish=write_trials)
         ran = ray_run.ran
+        _say(cfg, f"ray: {ray_run.setup_bytes / 2**20:.2f} MB put in the object store once for all trials, "
+                  f"{ray_run.data_bytes / 2**20:.2f} MB of it data (training images {train.storage})")
     else:
         ran = run_optuna(study, parameters=parameters, make_plan=make_plan, evaluate=evaluator.evaluate,
                          n_trials=cfg.trials, warm_start=starts, pruner=pruner, progress=cfg.progress,
@@ -382,7 +421,8 @@ def _search(cfg: SearchConfig, prepared: Any = None) -> SearchResult:
         "proxy": asdict(cfg.proxy), "val_images": len(val), "train_images": len(train),
         "constraints": asdict(cfg.constraints), "sampler": cfg.sampler, "prior": cfg.prior, "seed": cfg.seed,
         "backend": cfg.backend, "ray": ray_run.as_dict() if ray_run is not None else None,
-        "seconds": {"profile": profile_s, "trials": trials_s, "total": time.perf_counter() - t_start,
+        "seconds": {"prepare": prepare_s, "profile": profile_s, "references": references_s, "trials": trials_s,
+                    "total": time.perf_counter() - t_start,
                     "trial_sum": float(df["seconds"].fillna(0).sum()),
                     # calibration with the post-training methods, this run's configurations (the all-frozen
                     # reference's before the first trial included; trials.csv has each trial's share)

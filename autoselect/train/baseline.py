@@ -19,7 +19,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from autoselect.data.batches import ImageSet
+from autoselect.data.types import Images, as_images
 from autoselect.evaluate import accuracy
 from autoselect.models.checkpoint import cpu_state_dict
 from autoselect.quant.dwconv import fast_depthwise
@@ -69,8 +69,8 @@ def reestimate_bn(model: nn.Module, batches, *, device: torch.device | str = "cp
 
 def train_baseline(
     model: nn.Module,
-    train: ImageSet,
-    test: ImageSet,
+    train: Images | Any,
+    test: Images | Any,
     *,
     epochs: int = 10,
     lr: float = 0.1,
@@ -89,6 +89,7 @@ def train_baseline(
     :mod:`autoselect.quant.dwconv`), and gives the model back in the default format."""
     if epochs < 1:
         raise ValueError("epochs must be at least 1")
+    train, test = as_images(train), as_images(test)
     torch.manual_seed(seed)
     model.to(device)
     channels_last = uses_channels_last(device)
@@ -104,7 +105,7 @@ def train_baseline(
             model.to(memory_format=torch.contiguous_format)
 
 
-def _train(model: nn.Module, train: ImageSet, test: ImageSet, *, epochs: int, lr: float, batch_size: int,
+def _train(model: nn.Module, train: Images, test: Images, *, epochs: int, lr: float, batch_size: int,
            weight_decay: float, augment: bool, device: torch.device | str, seed: int, progress: bool,
            channels_last: bool, bn_images: int) -> BaselineResult:
     batches = train.batches(batch_size, device=device, shuffle=True, augment=augment, seed=seed)

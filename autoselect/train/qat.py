@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from autoselect._io import atomic_path
-from autoselect.data.batches import ImageSet
+from autoselect.data.types import Images, as_images
 from autoselect.errors import AutoselectError, first_line
 from autoselect.evaluate import accuracy
 from autoselect.quant.apply import quantizer_params as _quantizer_params
@@ -223,8 +223,8 @@ def dampening_loss(qmodel: nn.Module) -> torch.Tensor:
 
 def train_qat(
     qmodel: nn.Module,
-    train: ImageSet,
-    test: ImageSet | None = None,
+    train: Images | Any,
+    test: Images | Any | None = None,
     config: QATConfig | None = None,
     *,
     resume: bool = False,
@@ -243,6 +243,8 @@ def train_qat(
     eval mode, never trained) is required when ``config.distill`` is above 0.
     """
     cfg = config or QATConfig()
+    train = as_images(train)
+    test = as_images(test) if test is not None else None
     if cfg.distill > 0 and teacher is None:
         raise AutoselectError("distillation (distill > 0) needs the FP32 model as teacher")
     if cfg.distill <= 0:
@@ -262,7 +264,7 @@ def train_qat(
             raise AutoselectError("resume needs a checkpoint path")
         if Path(cfg.checkpoint).is_file():
             start, history = _load(cfg.checkpoint, qmodel, opt, cfg)
-    per_epoch = math.ceil(len(train) / cfg.batch_size)
+    per_epoch = max(1, len(train.batches(cfg.batch_size, device=device)))
     end = cfg.steps if stop_at is None else min(cfg.steps, stop_at)
     step = start
     stopped = False
