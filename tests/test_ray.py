@@ -115,6 +115,7 @@ def test_search_runs_across_two_nodes_and_matches_the_local_backend(cluster, env
     summary = json.loads((out / "summary.json").read_text())
     assert summary["backend"] == "ray" and summary["ray"]["nodes"] == 2
     assert summary["ray"]["nodes_used"] == 2  # one CPU per node, two trials at once: both nodes ran trials
+    assert summary["ray"]["data_bytes"] > 400 * 3 * 32 * 32  # digits in memory: the pixels travel
     trials = pd.read_csv(out / "trials.csv")
     assert len(trials) == 5 and set(trials["state"]) <= {"complete", "pruned"}
     assert summary["complete"] + summary["pruned"] == 5
@@ -225,3 +226,28 @@ def test_search_through_ray_client_returns_its_outputs_and_resumes_after_the_cli
     assert len(trials[trials["state"].isin(["complete", "pruned"])]) == n
     plan = json.loads((out / "plan.json").read_text())
     assert plan["model"]["name"]
+
+
+def _digits_folder(root: Path) -> Path:
+    from PIL import Image
+
+    from autoselect.data import load_images
+
+    for split in ("train", "test"):
+        data = load_images("digits", split=split, input_size=32)
+        for i, (img, label) in enumerate(zip(data.images, data.labels.tolist())):
+            (root / split / str(label)).mkdir(parents=True, exist_ok=True)
+            Image.fromarray(img.permute(1, 2, 0).numpy()).save(root / split / str(label) / f"{i}.png")
+    return root
+
+
+def test_a_streamed_folder_reaches_the_trials_by_reference(cluster, env, tmp_path):
+    data = _digits_folder(tmp_path / "digits")
+    out = tmp_path / "streamed"
+    r = _run(out, cluster, env, "--trials", "2", "--data", str(data), "--data-mode", "stream", "--workers", "1")
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "streamed from disk (1 loader worker)" in r.stderr
+    ray_run = json.loads((out / "summary.json").read_text())["ray"]
+    pixels = 400 * 3 * 32 * 32  # what the in-memory path ships for the proxy's training images alone
+    assert 0 < ray_run["data_bytes"] < pixels / 20 and ray_run["setup_bytes"] > ray_run["data_bytes"]
+    assert len(pd.read_csv(out / "trials.csv")) == 2

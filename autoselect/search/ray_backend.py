@@ -6,8 +6,12 @@ What differs from the local backend is only who runs the trials:
   study (``study.db``) as the local backend, so that the outputs, ``--resume`` and optuna-dashboard are the same.
   Resuming goes through the Optuna storage: finished trials stay, trials a killed run left running are marked
   failed and queued again (:func:`autoselect.search.optuna_backend.open_study`).
-* **Data**: the FP32 model, its layer graph, the training and validation images and the plan builder reach the
-  trials through Ray's object store (``tune.with_parameters``), not through a disk the nodes are assumed to share.
+* **Data**: the FP32 model, its layer graph, the data sets and the plan builder reach the trials through Ray's
+  object store (``tune.with_parameters``: put once, fetched once per node). Data in memory travels there as pixels;
+  a streamed folder (:class:`~autoselect.data.FileImageSet`) by reference: its root and relative paths only, read
+  by each trial from a path every node must mount at the same place (shared storage, as clusters have), and a
+  caller's loader factory as the factory. ``summary.json`` gives the bytes shipped (``ray.setup_bytes``, of which
+  ``ray.data_bytes`` are the data).
   Latency is served by one actor on the driver's node, which owns the per-configuration cache (measuring on the
   exported model where the target runs here, else the cost model), so that each configuration is timed once for
   the whole cluster.
@@ -82,6 +86,8 @@ class RayRun:
     retried: int
     errored: int
     seconds: float
+    setup_bytes: int = 0  # the TrialSetup put in the object store, once for all trials
+    data_bytes: int = 0  # of which the training and validation sets
 
     def as_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -120,6 +126,10 @@ def _trainable(config: dict[str, Any], setup: TrialSetup, latency: Any) -> None:
                                _RemoteLatency(latency), device=device, seed=setup.seed,  # type: ignore[arg-type]
                                ptq_cache=setup.ptq_cache)
     node = ray.get_runtime_context().get_node_id()
+    for data in (setup.train, setup.val):
+        check = getattr(data, "check_readable", None)
+        if check is not None:
+            check(f"Ray node {node}")
     last = setup.budget.steps
 
     def report(step: int, top1: float, retrained: float, latency_: float) -> bool:
@@ -395,6 +405,10 @@ def run_ray(
     bar = tqdm(total=n_trials, initial=finished, desc="search (ray)", unit="trial", disable=not progress)
     callback = _Progress(searcher, study, bar, progress, describe, on_finish)
     setup = replace(setup, threads=max(1, int(cpus_per_trial)), gpus=gpus_per_trial)
+    from ray import cloudpickle
+
+    setup_bytes = len(cloudpickle.dumps(setup))
+    data_bytes = len(cloudpickle.dumps(setup.train)) + len(cloudpickle.dumps(setup.val))
     trainable = tune.with_resources(tune.with_parameters(_trainable, setup=setup, latency=service),
                                     {"cpu": cpus_per_trial, "gpu": gpus_per_trial})
     nodes_used: set[str] = set()
@@ -424,4 +438,5 @@ def run_ray(
     nodes = sum(1 for n in ray.nodes() if n.get("Alive"))
     return RayRun(ran=remaining, address=address or "local", nodes=nodes, nodes_used=len(nodes_used),
                   max_concurrent=concurrent, cpus_per_trial=cpus_per_trial, gpus_per_trial=gpus_per_trial,
-                  retried=callback.retried, errored=callback.errored, seconds=time.perf_counter() - t0)
+                  retried=callback.retried, errored=callback.errored, seconds=time.perf_counter() - t0,
+                  setup_bytes=setup_bytes, data_bytes=data_bytes)
