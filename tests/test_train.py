@@ -181,3 +181,30 @@ def test_baseline_reestimates_batchnorm_statistics_before_evaluating(digits):
                            classes=train.classes, mean=train.mean, std=train.std)
     res = train_baseline(tiny_net(), shuffled.subset(32), test, epochs=40, lr=0.2, batch_size=8, augment=False)
     assert res.warning is not None and "does not generalize" in res.warning
+
+
+def test_mixed_precision_keeps_quantized_layers_in_float32(digits):
+    from autoselect.quant.layer import QuantLayer
+    from autoselect.train.qat import uses_autocast
+
+    train, _ = digits
+    plan = Plan(layers={"role:project": LayerAction(kind="fp32"), "_default": LayerAction(kind="qat")})
+    q = apply_plan(tiny_net(), plan, train.batches(64))
+    dtypes: dict[str, set] = {"quantized": set(), "float": set()}
+
+    def record(m, args, out):
+        quantized = isinstance(m, QuantLayer) and m.spec is not None
+        dtypes["quantized" if quantized else "float"].add(out.dtype)
+
+    hooks = [m.register_forward_hook(record) for m in q.modules() if isinstance(m, QuantLayer)]
+    try:
+        res = train_qat(q, train, None, QATConfig(steps=3, batch_size=32, warmup_steps=1, autocast="bf16"))
+    finally:
+        for h in hooks:
+            h.remove()
+    assert res.steps == 3 and all(math.isfinite(h["loss"]) for h in res.history)
+    assert dtypes["quantized"] == {torch.float32}  # the grids are computed in float32
+    assert torch.bfloat16 in dtypes["float"]  # the fp32-action layers ran under autocast
+    assert not uses_autocast(QATConfig(), torch.device("cpu"))  # "auto" is CUDA only
+    with pytest.raises(AutoselectError, match="autocast"):
+        QATConfig(autocast="fp8")

@@ -226,6 +226,9 @@ class QuantLayer(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.mode == "quant" and self.spec is not None:
+            if torch.is_autocast_enabled(x.device.type):  # grids stay exact: a quantized layer computes in float32
+                with torch.autocast(x.device.type, enabled=False):
+                    return self.quantize_output(self._run(self.quantize_input(x.float()), self.quantized_weight()))
             return self.quantize_output(self._run(self.quantize_input(x), self.quantized_weight()))
         if self.mode == "observe" and self.observer is not None:
             self.observer.update(self.smooth_input(x))

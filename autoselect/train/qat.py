@@ -33,7 +33,8 @@ from autoselect.errors import AutoselectError, first_line
 from autoselect.evaluate import accuracy
 from autoselect.quant.apply import quantizer_params as _quantizer_params
 
-__all__ = ["QATConfig", "QATResult", "dampening_loss", "load_qat_checkpoint", "train_qat", "uses_channels_last"]
+__all__ = ["QATConfig", "QATResult", "dampening_loss", "load_qat_checkpoint", "train_qat", "uses_autocast",
+           "uses_channels_last"]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -63,6 +64,10 @@ class QATConfig:
     checkpoint: str | None = None
     checkpoint_every: int = 100
     seed: int = 0
+    # mixed precision for the layers kept in float (plan action fp32, everything between layers) and the teacher:
+    # "auto" uses bfloat16 autocast on CUDA devices that support it, "off" never, "bf16" on any device (CPU too);
+    # quantized layers always compute in float32 (QuantLayer leaves autocast), so their grids stay exact
+    autocast: str = "auto"
 
     def __post_init__(self) -> None:
         if self.steps < 1:
@@ -73,6 +78,8 @@ class QATConfig:
             raise AutoselectError(f"dampen must be non-negative, got {self.dampen}")
         if not 0.0 <= self.distill <= 1.0:
             raise AutoselectError(f"distill must be between 0 and 1, got {self.distill}")
+        if self.autocast not in ("auto", "off", "bf16"):
+            raise AutoselectError(f"autocast must be auto, off or bf16, got {self.autocast!r}")
         if self.schedule not in ("cosine", "step"):
             raise AutoselectError(f"schedule must be 'cosine' or 'step', got {self.schedule!r}")
 
@@ -189,14 +196,25 @@ def _load(path: str, qmodel: nn.Module, opt: _Optimizers, cfg: QATConfig) -> tup
     return int(ck["step"]), list(ck.get("history", []))
 
 
-def _loss(logits: torch.Tensor, y: torch.Tensor, x: torch.Tensor, teacher: nn.Module | None,
-          distill: float) -> torch.Tensor:
+def _teacher_probs(teacher: nn.Module | None, x: torch.Tensor, distill: float) -> torch.Tensor | None:
     if distill <= 0 or teacher is None:
-        return F.cross_entropy(logits, y)
+        return None
     with torch.no_grad():
-        target = F.softmax(teacher(x), dim=1)
+        return F.softmax(teacher(x).float(), dim=1)
+
+
+def _loss(logits: torch.Tensor, y: torch.Tensor, target: torch.Tensor | None, distill: float = 0.0) -> torch.Tensor:
+    if target is None:
+        return F.cross_entropy(logits, y)
     kd = F.kl_div(F.log_softmax(logits, dim=1), target, reduction="batchmean")
     return kd if distill >= 1 else (1 - distill) * F.cross_entropy(logits, y) + distill * kd
+
+
+def uses_autocast(cfg: QATConfig, device: torch.device) -> bool:
+    """Whether training runs the float parts in bfloat16 (see ``QATConfig.autocast``)."""
+    if cfg.autocast == "bf16":
+        return True
+    return cfg.autocast == "auto" and device.type == "cuda" and torch.cuda.is_bf16_supported()
 
 
 def dampening_loss(qmodel: nn.Module) -> torch.Tensor:
@@ -250,6 +268,8 @@ def train_qat(
     if cfg.distill <= 0:
         teacher = None  # not run, and left as it was
     channels_last = uses_channels_last(device)
+    dev = torch.device(device)
+    mixed = uses_autocast(cfg, dev)
     for m in (qmodel, teacher):
         if m is not None:
             m.to(device)
@@ -282,7 +302,10 @@ def train_qat(
             opt.zero_grad()
             if channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
-            loss = _loss(qmodel(x), y, x, teacher, cfg.distill)
+            with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=mixed):
+                logits = qmodel(x)
+                target = _teacher_probs(teacher, x, cfg.distill)
+            loss = _loss(logits.float(), y, target, cfg.distill)
             if cfg.dampen > 0:
                 ramp = 0.5 * (1.0 - math.cos(math.pi * min(1.0, step / max(1, cfg.steps - 1))))
                 loss = loss + cfg.dampen * ramp * dampening_loss(qmodel)
