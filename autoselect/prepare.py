@@ -6,6 +6,8 @@ import sys
 from dataclasses import dataclass
 from typing import Any
 
+import torch
+
 from autoselect.data.types import Images
 from autoselect.data.sources import load_images
 from autoselect.errors import AutoselectError
@@ -59,7 +61,9 @@ def prepare(
         for s in splits:
             loaded_data[s] = load_images(data, split=s, input_size=size, limit=limits[s], seed=seed, **how)
         num_classes = loaded_data[splits[0]].num_classes
-        loaded = load_model(model, num_classes=num_classes, input_size=size)
+        with torch.random.fork_rng():  # random weights drawn from the seed: the same command, the same model
+            torch.manual_seed(seed)
+            loaded = load_model(model, num_classes=num_classes, input_size=size)
     else:
         loaded = load_model(model, weights=weights, num_classes=num_classes, input_size=input_size)
         for s in splits:

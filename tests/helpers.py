@@ -49,6 +49,11 @@ def tiny_net(num_classes: int = 10) -> TinyNet:
     return model.eval()
 
 
+def tiny_net_unseeded(num_classes: int = 10) -> TinyNet:
+    """Like :func:`tiny_net`, but its weights come from the global random state (as torchvision models' do)."""
+    return TinyNet(num_classes).eval()
+
+
 def random_batches(n_batches: int = 3, batch: int = 8, size: int = 32, classes: int = 10, seed: int = 0):
     g = torch.Generator().manual_seed(seed)
     return [(torch.randn(batch, 3, size, size, generator=g), torch.randint(0, classes, (batch,), generator=g))

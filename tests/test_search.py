@@ -360,3 +360,16 @@ def test_bit_budget_allocates_by_error_per_byte_and_fits_draws():
     tight = BitBudget(choices=(4, 8), weights=weights, sensitivity={"a": 1.0, "b": 1.0}, ref_bits=4, size=size,
                       limit=size({"a": 4, "b": 4}) - 1)
     assert tight.allocate(["a", "b"]) == {"a": 4, "b": 4} and tight.fit({"a": 8, "b": 8}) == {"a": 4, "b": 4}
+
+
+def test_the_same_command_and_seed_give_the_same_trials(tmp_path):
+    """No --weights: the FP32 baseline is trained first, from random weights drawn from --seed (they were not)."""
+    runs = []
+    for name in ("a", "b"):
+        assert _run(tmp_path / name, "--trials", "3", "--target", "generic-pt", "--weight-bits", "4",
+                    "--baseline-epochs", "2", "--model", "tests.helpers:tiny_net_unseeded") == 0
+        runs.append(pd.read_csv(tmp_path / name / "trials.csv"))
+    a, b = runs
+    assert list(a["params"]) == list(b["params"])
+    assert list(a["top1"]) == list(b["top1"]) and list(a["val_correct"]) == list(b["val_correct"])
+    assert a["val_correct"].notna().all()
