@@ -62,6 +62,18 @@ def _bits_list(text: str) -> int | tuple[int, ...]:
 _bits_list.__name__ = "bit-width list"
 
 
+def _tolerance(text: str) -> float | None:
+    if text == "auto":
+        return None
+    value = float(text)
+    if not value >= 0:
+        raise ValueError(text)
+    return value
+
+
+_tolerance.__name__ = "tolerance (auto or points >= 0)"
+
+
 def _common(p: argparse.ArgumentParser, *, data_default: str = "digits") -> None:
     p.add_argument("--model", help="torchvision name, registered name, or pkg.module:factory (default: the plan's "
                                   "model where a plan is given, else mobilenet_v2)")
@@ -199,8 +211,10 @@ def _parser() -> argparse.ArgumentParser:
                    help="limit on the deployed weights in MB (each layer at its bit-width; see trials.csv size_mb)")
     p.add_argument("--max-model-bits", type=POS,
                    help="limit the deployed weights to the model's size with every weight at this bit-width")
-    p.add_argument("--tolerance", type=float,
-                   help="prefer the plan retraining least among those this close to the best top-1")
+    p.add_argument("--tolerance", type=_tolerance, default=None,
+                   help="auto (default): prefer the plan retraining least among those a paired test on the "
+                        "validation images cannot tell from the best; a number: among those this many points "
+                        "from the best top-1")
     p.add_argument("--sampler", default="tpe", choices=["tpe", "random", "nsga2"])
     p.add_argument("--no-prior", action="store_true", help="no warm start from the profile (blind search)")
     p.add_argument("--prune-margin", type=float, help="points behind a cheaper trial to prune at")
@@ -487,7 +501,9 @@ def _cmd_train(args: argparse.Namespace) -> int:
     graph = build_layer_graph(lm.model, (1, 3, size, size))
     _, actions = plan_specs(plan, graph)
     if not any(a is not None and a.trainable for a in actions.values()):  # before minutes of calibration
-        raise AutoselectError("the plan has no qat layer: nothing to train (score it with `autoselect ptq --plan`)")
+        print(f"the plan retrains nothing (no qat layer): it is a post-training plan, nothing to train; score it "
+              f"with `autoselect ptq --plan {args.plan}`, export it with `autoselect export --plan {args.plan}`")
+        return 0
     qmodel = apply_plan(lm.model, plan, calib.batches(args.batch_size, device=device), graph=graph, device=device)
     frac = retrained_fraction(qmodel)
     ptq = None if args.resume else accuracy(qmodel, prep.test.batches(512, device=device), device=device)
@@ -564,7 +580,7 @@ def _cmd_search(args: argparse.Namespace) -> int:
         train_images=args.train_images, val_images=args.val_images,
         constraints=Constraints(max_accuracy_drop=args.max_accuracy_drop, max_retrained=args.max_retrained,
                                 max_latency=args.max_latency_ms, max_model_mb=args.max_model_mb,
-                                **given(tolerance=args.tolerance)),
+                                tolerance=args.tolerance),
         sampler=args.sampler, prior=not args.no_prior, latency=args.latency, backend=args.backend,
         ray=RayOptions(address=args.address, max_concurrent=args.max_concurrent,
                        **given(cpus_per_trial=args.cpus_per_trial, gpus_per_trial=args.gpus_per_trial,
@@ -581,12 +597,18 @@ def _cmd_search(args: argparse.Namespace) -> int:
     print(f"validation top-1: FP32 {res.fp32_top1:.2f}%, all frozen (PTQ) {res.ptq_top1:.2f}%")
     print(f"chosen: trial {int(c['trial'])}: top-1 {c['top1']:.2f}% with {100 * c['retrained']:.1f}% of parameters "
           f"retrained, latency {c['latency']:.4g} {res.latency_unit} -> {res.plan_path}")
+    if s["tied_with_best"] > 1:
+        print(f"  {s['tied_with_best']} plans tie with the best top-1 ({s['tolerance']}); the one retraining least "
+              "(then the fastest) was chosen")
     weights = args.weights or res.out / "fp32.pt"
     print(s["verdict"])
     if c["retrained"] > 0:
         print(f"next: autoselect train --plan {res.plan_path} --weights {weights} --data {args.data}")
     elif s["latency_measured"]:
         print(f"next: autoselect export --plan {res.plan_path} --weights {weights} --data {args.data}")
+    else:
+        print(f"next: autoselect ptq --plan {res.plan_path} --weights {weights} --data {args.data} (target "
+              f"{s['target']} has no integer kernels here: nothing to export)")
     return 0
 
 

@@ -11,7 +11,7 @@ from tqdm.auto import tqdm
 from autoselect.data.batches import split_batch
 from autoselect.errors import AutoselectError
 
-__all__ = ["resolve_device", "predict", "accuracy"]
+__all__ = ["resolve_device", "predict", "accuracy", "correct"]
 
 
 def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
@@ -46,7 +46,13 @@ def predict(model: nn.Module, data: Iterable, *, device: torch.device | str = "c
 def accuracy(model: nn.Module, data: Iterable, *, device: torch.device | str = "cpu", progress: bool = False,
              desc: str = "eval") -> float:
     """Top-1 accuracy in percent."""
+    return 100.0 * correct(model, data, device=device, progress=progress, desc=desc).float().mean().item()
+
+
+def correct(model: nn.Module, data: Iterable, *, device: torch.device | str = "cpu", progress: bool = False,
+            desc: str = "eval") -> torch.Tensor:
+    """Per-image top-1 correctness (bool, in the data's order): what paired comparisons of two models need."""
     logits, labels = predict(model, data, device=device, progress=progress, desc=desc)
     if labels is None:
         raise ValueError("accuracy needs labelled batches")
-    return 100.0 * (logits.argmax(1) == labels).float().mean().item()
+    return logits.argmax(1) == labels

@@ -104,8 +104,10 @@ def test_baseline_then_ptq_then_profile(tmp_path, capsys, monkeypatch):
     import autoselect.quant.apply as apply_module
 
     monkeypatch.setattr(apply_module, "apply_plan", lambda *a, **kw: pytest.fail("calibrated a plan with no qat layer"))
-    assert main(["train", "--quiet", "--weights", str(ckpt), "--plan", str(frozen), "--out", str(tmp_path / "f")]) == 2
-    assert "no qat layer" in capsys.readouterr().err and not (tmp_path / "f").exists()
+    assert main(["train", "--quiet", "--weights", str(ckpt), "--plan", str(frozen), "--out", str(tmp_path / "f")]) == 0
+    said = capsys.readouterr().out.strip()
+    assert "retrains nothing" in said and "autoselect export --plan" in said and len(said.splitlines()) == 1
+    assert not (tmp_path / "f").exists()
     monkeypatch.undo()
     out_dir = tmp_path / "prof"
     assert main(["profile", *TINY, "--weights", str(ckpt), "--calib-images", "64", "--out", str(out_dir),

@@ -26,3 +26,64 @@ def test_frozen_winner_is_ptq_is_enough_only_when_ptq_is_close_to_fp32():
 def test_trained_winner_names_its_fraction():
     v = verdict(_row(85.0, 0.125), fp32_top1=86.0, ptq_top1=80.0, constraints=Constraints(), proxy_steps=60)
     assert v.startswith("retrain 12.5% of the parameters") and "80.00% all frozen" in v
+
+
+def test_mcnemar_counts_only_the_images_the_plans_disagree_on():
+    import numpy as np
+    import pytest
+
+    from autoselect.search.noise import mcnemar_p, pack, unpack
+
+    a = np.array([True] * 50 + [False] * 13)
+    assert np.array_equal(unpack(pack(a)), a)  # 63 images: not a multiple of 8
+    assert mcnemar_p(a, a) == 1.0
+    b = a.copy()
+    b[:10] = False  # a right, b wrong on 10 images; never the other way
+    assert mcnemar_p(a, b) == pytest.approx(2 * 0.5**10)
+    c = a.copy()
+    c[:6] = False
+    c[50:54] = True  # 6 one way, 4 the other: 2 * P(X <= 4), X ~ Bin(10, 1/2)
+    assert mcnemar_p(a, c) == pytest.approx(2 * (1 + 10 + 45 + 120 + 210) / 1024)
+    with pytest.raises(ValueError, match="not the same images"):
+        mcnemar_p(a, a[:-1])
+
+
+def test_auto_tolerance_ties_plans_the_paired_test_cannot_tell_apart():
+    import numpy as np
+
+    from autoselect.search.noise import pack
+    from autoselect.search.pareto import choose, near_best
+
+    rng = np.random.default_rng(0)
+    best = rng.random(400) < 0.8
+    close = best.copy()
+    close[np.flatnonzero(best)[:3]] = False  # 3 images fewer: noise
+    far = best.copy()
+    far[np.flatnonzero(best)[:40]] = False  # 40 images fewer, all one way: not noise
+    rows = [(best, 0.9), (close, 0.3), (far, 0.1)]
+    df = pd.DataFrame({"trial": [0, 1, 2], "top1": [100 * v.mean() for v, _ in rows],
+                       "retrained": [r for _, r in rows], "latency": [1.0] * 3,
+                       "val_correct": [pack(v) for v, _ in rows]})
+    auto = Constraints()
+    assert list(near_best(df, auto)) == [True, True, False]
+    assert choose(df, auto, fp32_top1=90)["trial"] == 1
+    assert choose(df, Constraints(tolerance=0.0), fp32_top1=90)["trial"] == 0  # a number still works
+    # without per-image results, "auto" falls back to 0.5 points: 0.75 apart, trial 1 no longer ties
+    assert choose(df.drop(columns="val_correct"), auto, fp32_top1=90)["trial"] == 0
+
+
+def test_auto_verdict_says_ptq_is_enough_only_within_noise():
+    import numpy as np
+
+    fp32 = np.array([True] * 300 + [False] * 100)
+    near = fp32.copy()
+    near[:2] = False
+    far = fp32.copy()
+    far[:30] = False
+    c = Constraints()
+    ok = verdict(_row(74.5, 0.0), fp32_top1=75.0, ptq_top1=74.5, constraints=c, proxy_steps=60, fp32_correct=fp32,
+                 ptq_correct=near)
+    assert ok.startswith("PTQ is enough") and "within noise (McNemar p" in ok and "400 images" in ok
+    bad = verdict(_row(67.5, 0.0), fp32_top1=75.0, ptq_top1=67.5, constraints=c, proxy_steps=60, fp32_correct=fp32,
+                  ptq_correct=far)
+    assert "PTQ is enough" not in bad and "beyond noise" in bad and "7.50 points" in bad

@@ -19,11 +19,12 @@ import torch.nn as nn
 from autoselect.data.sources import MEMORY_BYTES
 from autoselect.data.types import Images, as_images
 from autoselect.errors import AutoselectError
-from autoselect.evaluate import accuracy
+from autoselect.evaluate import correct
 from autoselect.models.graph import LayerGraph
 from autoselect.plan import Plan
 from autoselect.quant.apply import calibrated_model, finish_plan, plan_specs, quantized_size_bytes, retrained_fraction
 from autoselect.search.latency import LatencyModel
+from autoselect.search.noise import pack
 from autoselect.train.qat import QATConfig, train_qat
 
 __all__ = ["CALIBRATED_CACHE", "Outcome", "ProxyBudget", "Pruned", "TrialEvaluator", "measure_export_latency"]
@@ -72,6 +73,7 @@ class Outcome:
     calib_seconds: float = 0.0  # calibration and post-training methods (0 when the configuration was cached)
     train_seconds: float = 0.0  # the QAT proxy, its evaluations included
     size_mb: float = 0.0  # deployed weights at each layer's bit-width (autoselect.quant.apply.quantized_size_bytes)
+    correct: str | None = None  # per-image validation results of the final top-1 (autoselect.search.noise.pack)
 
 
 class TrialEvaluator:
@@ -79,7 +81,7 @@ class TrialEvaluator:
 
     def __init__(self, model: nn.Module, graph: LayerGraph, train: Images, val: Images, budget: ProxyBudget,
                  latency: LatencyModel, *, device: torch.device | str = "cpu", seed: int = 0,
-                 ptq_cache: dict[str, float] | None = None, reuse: dict | None = None) -> None:
+                 ptq_cache: dict[str, tuple[float, str]] | None = None, reuse: dict | None = None) -> None:
         self.model = model.eval()
         self.graph = graph
         # validation and calibration images are read at every evaluation: decoded once where they fit in memory
@@ -93,7 +95,7 @@ class TrialEvaluator:
         # step-0 (PTQ) top-1 per quantization configuration: before training, freeze and QAT layers are quantized
         # alike from the same calibration images, so plans that differ only in what they retrain share it
         # (``ptq_cache`` passes one evaluator's cache to another: the Ray backend's trials start from the driver's)
-        self._ptq_top1: dict[str, float] = dict(ptq_cache or {})
+        self._ptq_top1: dict[str, tuple[float, str]] = dict(ptq_cache or {})  # (top-1, per-image results)
         self._calibrated: dict[str, nn.Module] = {}
         # learned roundings (AdaRound) by layer, spec and weight, shared between configurations: in a bit-width
         # search a layer's 4-bit rounding is learned once, not once per trial that puts it at 4 bits
@@ -101,7 +103,12 @@ class TrialEvaluator:
         self.calib_seconds = 0.0  # spent by _base in calibration and post-training methods, all calls together
 
     def val_top1(self, model: nn.Module) -> float:
-        return accuracy(model, self.val.batches(256, device=self.device), device=self.device)
+        return self.val_result(model)[0]
+
+    def val_result(self, model: nn.Module) -> tuple[float, str]:
+        """Validation top-1 and the per-image results behind it (packed, for paired comparisons)."""
+        hits = correct(model, self.val.batches(256, device=self.device), device=self.device).cpu().numpy()
+        return 100.0 * float(hits.mean()), pack(hits)
 
     def apply(self, plan: Plan) -> nn.Module:
         """``apply_plan`` of ``plan``; the calibrated model (post-training methods included: AdaRound takes
@@ -124,19 +131,23 @@ class TrialEvaluator:
         return base
 
     @property
-    def ptq_cache(self) -> dict[str, float]:
+    def ptq_cache(self) -> dict[str, tuple[float, str]]:
         return dict(self._ptq_top1)
 
     def ptq_top1(self, plan: Plan) -> float:
         """Validation top-1 of ``plan``'s quantization configuration with every layer frozen, before any training
         (computed once per configuration)."""
-        specs, _ = plan_specs(plan, self.graph)
-        return self._step0_top1(specs, lambda: self._base(plan, specs))
+        return self.ptq_result(plan)[0]
 
-    def _step0_top1(self, specs: dict, quantized: Callable[[], nn.Module]) -> float:
+    def ptq_result(self, plan: Plan) -> tuple[float, str]:
+        """:meth:`ptq_top1` and its per-image results."""
+        specs, _ = plan_specs(plan, self.graph)
+        return self._step0(specs, lambda: self._base(plan, specs))
+
+    def _step0(self, specs: dict, quantized: Callable[[], nn.Module]) -> tuple[float, str]:
         key = repr(sorted(specs.items()))  # every quantizer setting of every layer
         if key not in self._ptq_top1:
-            self._ptq_top1[key] = self.val_top1(quantized())
+            self._ptq_top1[key] = self.val_result(quantized())
         return self._ptq_top1[key]
 
     def evaluate(self, plan: Plan, report: Callable[[int, float, float, float], bool] | None = None) -> Outcome:
@@ -149,7 +160,7 @@ class TrialEvaluator:
         frac = retrained_fraction(qmodel)
         size_mb = quantized_size_bytes(qmodel) / 1e6
         # step 0 is the configuration's all-frozen PTQ (what a retrained layer with learned steps starts from)
-        ptq = self._step0_top1(specs, lambda: self._base(plan, specs))
+        ptq, ptq_correct = self._step0(specs, lambda: self._base(plan, specs))
         history = [(0, ptq)]
         if report is not None and report(0, ptq, frac, latency):
             raise Pruned(0, ptq)
@@ -158,7 +169,7 @@ class TrialEvaluator:
         if frac == 0.0 or b.steps == 0:
             return Outcome(top1=ptq, retrained=frac, latency=latency, ptq_top1=ptq, steps=0,
                            seconds=time.perf_counter() - t0, history=history, calib_seconds=calib_s,
-                           size_mb=size_mb)
+                           size_mb=size_mb, correct=ptq_correct)
         t_train = time.perf_counter()
         pruned: list[Pruned] = []
 
@@ -178,13 +189,13 @@ class TrialEvaluator:
         train_qat(qmodel, self.train, None, cfg, callback=callback, device=self.device)
         if pruned:
             raise pruned[0]
-        top1 = self.val_top1(qmodel)
+        top1, hits = self.val_result(qmodel)
         history.append((b.steps, top1))
         if report is not None:
             report(b.steps, top1, frac, latency)
         return Outcome(top1=top1, retrained=frac, latency=latency, ptq_top1=ptq, steps=b.steps,
                        seconds=time.perf_counter() - t0, history=history, calib_seconds=calib_s,
-                       train_seconds=time.perf_counter() - t_train, size_mb=size_mb)
+                       train_seconds=time.perf_counter() - t_train, size_mb=size_mb, correct=hits)
 
 
 def measure_export_latency(model: nn.Module, graph: LayerGraph, calibration: Iterable, *, target: str,

@@ -158,7 +158,7 @@ def run_optuna(
                 with guard.held(raise_after=False):
                     trial.set_user_attr("key", key)
                     trial.set_user_attr("duplicate_of", t.number)
-                    for k in ("history", "ptq_top1", "steps", "size_mb"):
+                    for k in ("history", "ptq_top1", "steps", "size_mb", "correct"):
                         if k in t.user_attrs:
                             trial.set_user_attr(k, t.user_attrs[k])
                     trial.set_user_attr("seconds", 0.0)
@@ -190,6 +190,8 @@ def run_optuna(
             trial.set_user_attr("train_seconds", out.train_seconds)
             trial.set_user_attr("size_mb", out.size_mb)
             trial.set_user_attr("steps", out.steps)
+            if out.correct is not None:
+                trial.set_user_attr("correct", out.correct)
         return out.top1, out.retrained, out.latency
 
     bar = tqdm(total=n_trials, initial=finished, desc="search", unit="trial", disable=not progress)
@@ -232,7 +234,8 @@ def run_optuna(
 def trials_frame(study: optuna.Study) -> pd.DataFrame:
     """Every trial: number, state, the three objectives (the last reported top-1 for pruned ones), timing,
     where it came from (the trial it reruns, after a kill or Ctrl-C; whether Ctrl-C stopped it), (ray backend)
-    its retries and the Ray node it ran on, and its parameters as JSON."""
+    its retries and the Ray node it ran on, its parameters as JSON, and its per-image validation results
+    (``val_correct``, :func:`autoselect.search.noise.pack`; complete trials only)."""
     rows = []
     for t in study.get_trials(deepcopy=False):
         if t.state == optuna.trial.TrialState.WAITING:
@@ -253,7 +256,8 @@ def trials_frame(study: optuna.Study) -> pd.DataFrame:
                      "duplicate_of": t.user_attrs.get("duplicate_of"), "retry_of": t.user_attrs.get("retry_of"),
                      "interrupted": bool(t.user_attrs.get("interrupted", False)),
                      "retries": t.user_attrs.get("retries", 0),
-                     "node": t.user_attrs.get("node"), "params": json.dumps(t.params, sort_keys=True)})
+                     "node": t.user_attrs.get("node"), "params": json.dumps(t.params, sort_keys=True),
+                     "val_correct": t.user_attrs.get("correct")})
     return pd.DataFrame(rows, columns=["trial", "state", "top1", "retrained", "latency", "ptq_top1", "seconds",
                                        "calib_seconds", "train_seconds", "size_mb", "source", "duplicate_of",
-                                       "retry_of", "interrupted", "retries", "node", "params"])
+                                       "retry_of", "interrupted", "retries", "node", "params", "val_correct"])

@@ -69,7 +69,7 @@ class TrialSetup:
     seed: int
     threads: int = 1  # torch threads per trial (run_ray sets it from the trial's CPUs)
     gpus: float = 0.0
-    ptq_cache: dict[str, float] | None = None  # the driver's step-0 top-1 per quantization configuration
+    ptq_cache: dict[str, tuple[float, str]] | None = None  # the driver's step-0 results per configuration
 
 
 @dataclass
@@ -142,7 +142,8 @@ def _trainable(config: dict[str, Any], setup: TrialSetup, latency: Any) -> None:
     out = evaluator.evaluate(setup.make_plan(config), report)
     tune.report({"step": out.steps, "top1": out.top1, "retrained": out.retrained, "latency": out.latency,
                  "final": True, "ptq_top1": out.ptq_top1, "seconds": out.seconds, "steps": out.steps, "node": node,
-                 "calib_seconds": out.calib_seconds, "train_seconds": out.train_seconds, "size_mb": out.size_mb})
+                 "calib_seconds": out.calib_seconds, "train_seconds": out.train_seconds, "size_mb": out.size_mb,
+                 "correct": out.correct})
 
 
 class _StudySearch(OptunaSearch):
@@ -183,7 +184,7 @@ class _StudySearch(OptunaSearch):
             self.on_trial_result(trial_id, result)
         if result and result.get("final") and not error:
             t.set_user_attr("key", json.dumps(t.params, sort_keys=True))
-            for k in ("ptq_top1", "seconds", "steps", "calib_seconds", "train_seconds", "size_mb"):
+            for k in ("ptq_top1", "seconds", "steps", "calib_seconds", "train_seconds", "size_mb", "correct"):
                 if k in result:
                     t.set_user_attr(k, result[k])
         elif result and "top1" in result and not error:  # stopped by the scheduler

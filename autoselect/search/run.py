@@ -26,7 +26,8 @@ from autoselect.quant.methods import with_defaults
 from autoselect.search.bits import BitBudget
 from autoselect.search.latency import LatencyModel
 from autoselect.search.objective import ProxyBudget, TrialEvaluator, measure_export_latency
-from autoselect.search.pareto import Constraints, choose, hypervolume, pareto_mask, verdict
+from autoselect.search.noise import unpack
+from autoselect.search.pareto import Constraints, choose, hypervolume, near_best, pareto_mask, verdict
 from autoselect.search.prior import group_sensitivity, narrow, smooth_candidates, warm_starts
 from autoselect.search.pruning import ParetoPruner
 from autoselect.space import Group, SearchSpace, find_space, load_space
@@ -345,9 +346,9 @@ def _search(cfg: SearchConfig, prepared: Any = None) -> SearchResult:
     t0 = time.perf_counter()
     evaluator = TrialEvaluator(lm.model, graph, train, val, cfg.proxy, latency, device=device, seed=cfg.seed,
                                reuse=reuse)
-    fp32_top1 = evaluator.val_top1(lm.model)
+    fp32_top1, fp32_correct = evaluator.val_result(lm.model)
     ptq_plan = make_plan(frozen)
-    ptq_top1 = evaluator.ptq_top1(ptq_plan)  # cached: the prior's all-frozen trial costs nothing more
+    ptq_top1, ptq_correct = evaluator.ptq_result(ptq_plan)  # cached: the prior's all-frozen trial costs nothing more
     references_s = time.perf_counter() - t0  # validation and calibration images decoded, FP32 and PTQ scored
     _say(cfg, f"{cfg.model}: {len(groups)} groups ({len(searched)} searched), {len(parameters)} parameters; "
               f"validation ({len(val)} images): FP32 {fp32_top1:.2f}%, all frozen (PTQ) {ptq_top1:.2f}%; "
@@ -399,6 +400,8 @@ def _search(cfg: SearchConfig, prepared: Any = None) -> SearchResult:
     with atomic_path(out / "pareto.csv") as tmp:
         front.sort_values("retrained").to_csv(tmp, index=False)
     chosen = choose(done, cfg.constraints, fp32_top1=fp32_top1)
+    feasible = done[cfg.constraints.feasible(done, fp32_top1)]
+    tied = int(near_best(feasible, cfg.constraints).sum())  # the plans the choice could not tell from the best
     for _, row in front.iterrows():
         save_plan(_trial_plan(make_plan, row, cfg, latency.unit), out / "plans" / f"trial_{int(row['trial'])}.json")
     plan_path = save_plan(_trial_plan(make_plan, chosen, cfg, latency.unit), out / "plan.json")
@@ -417,7 +420,10 @@ def _search(cfg: SearchConfig, prepared: Any = None) -> SearchResult:
         "hypervolume_ref": {"top1": ptq_top1, "retrained": 1.0, "latency": ref_latency},
         "chosen_trial": int(chosen["trial"]), "chosen": {k: float(chosen[k]) for k in ("top1", "retrained", "latency")},
         "verdict": verdict(chosen, fp32_top1=fp32_top1, ptq_top1=ptq_top1, constraints=cfg.constraints,
-                           proxy_steps=cfg.proxy.steps),
+                           proxy_steps=cfg.proxy.steps, fp32_correct=unpack(fp32_correct),
+                           ptq_correct=unpack(ptq_correct)),
+        "tolerance": cfg.constraints.describe_tolerance(), "tied_with_best": tied,
+        "fp32_val_correct": fp32_correct, "ptq_val_correct": ptq_correct,
         "proxy": asdict(cfg.proxy), "val_images": len(val), "train_images": len(train),
         "constraints": asdict(cfg.constraints), "sampler": cfg.sampler, "prior": cfg.prior, "seed": cfg.seed,
         "backend": cfg.backend, "ray": ray_run.as_dict() if ray_run is not None else None,
