@@ -234,6 +234,16 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--baseline-epochs", type=POS, help="without --weights: FP32 epochs to train first")
     p.add_argument("--out", help="output directory (default: runs/search-MODEL)")
     p.add_argument("--resume", action="store_true", help="continue the study in OUT/study.db")
+    p.add_argument("--confirm", type=NONNEG, default=0,
+                   help="then retrain the K best plans of the front, all frozen and full QAT at the full budget, "
+                        "and report the proxy's rank correlation (see `autoselect confirm`)")
+
+    p = sub.add_parser("confirm", help="retrain a finished search's best plans at the full budget: proxy vs full")
+    p.add_argument("run", help="the search's output folder")
+    p.add_argument("--top", type=POS, default=5, help="plans of the front, best proxy top-1 first (default 5)")
+    p.add_argument("--steps", type=POS, default=300, help="full-budget QAT steps (default 300, batch 128)")
+    p.add_argument("--device", help="default: the search's")
+    p.add_argument("--quiet", action="store_true")
     return parser
 
 
@@ -586,7 +596,7 @@ def _cmd_search(args: argparse.Namespace) -> int:
                        **given(cpus_per_trial=args.cpus_per_trial, gpus_per_trial=args.gpus_per_trial,
                                max_failures=args.max_failures)),
         out=args.out or f"runs/search-{args.model.replace(':', '_')}",
-        resume=args.resume, seed=args.seed, device=args.device, progress=not args.quiet,
+        resume=args.resume, seed=args.seed, device=args.device, progress=not args.quiet, confirm=args.confirm,
         **given(trials=args.trials, profile_images=args.profile_images, latency_runs=args.latency_runs,
                 baseline_epochs=args.baseline_epochs), **no_prune)
     res = search(cfg)
@@ -602,6 +612,8 @@ def _cmd_search(args: argparse.Namespace) -> int:
               "(then the fastest) was chosen")
     weights = args.weights or res.out / "fp32.pt"
     print(s["verdict"])
+    if "confirm" in s:
+        _print_confirm(s["confirm"])
     if c["retrained"] > 0:
         print(f"next: autoselect train --plan {res.plan_path} --weights {weights} --data {args.data}")
     elif s["latency_measured"]:
@@ -612,9 +624,35 @@ def _cmd_search(args: argparse.Namespace) -> int:
     return 0
 
 
+def _print_confirm(c: dict) -> None:
+    rho = "n/a (fewer than 3 ranked plans)" if c["spearman_proxy_vs_full"] is None else \
+        f"{c['spearman_proxy_vs_full']:.2f}"
+    print(f"confirmed at the full budget ({c['budget']['steps']} steps x {c['budget']['batch_size']}), "
+          f"{c['plans']} plans, {c['seconds']:.0f} s; proxy vs full Spearman {rho}")
+    for r in c["ranking"]:
+        print(f"  {r['label']:12s} {r['full_top1']:6.2f}%  retrained {100 * r['retrained']:5.1f}%")
+    same = "the same as the proxy's" if c["same_choice"] else f"the proxy chose {c['chosen_by_proxy']}"
+    print(f"chosen now: {c['chosen_now']} ({c['tolerance']}; {same})")
+
+
+def _cmd_confirm(args: argparse.Namespace) -> int:
+    from dataclasses import replace
+
+    from autoselect.search.confirm import FULL_BUDGET, confirm
+
+    res = confirm(args.run, top=args.top, budget=replace(FULL_BUDGET, steps=args.steps, eval_every=args.steps),
+                  device=args.device, progress=not args.quiet)
+    import json
+
+    _print_confirm(json.loads(res.path.read_text()))
+    print(f"-> {res.path}, {res.path.parent / 'confirm.png'}")
+    return 0
+
+
 _COMMANDS = {
     "models": _cmd_models, "graph": _cmd_graph, "baseline": _cmd_baseline, "ptq": _cmd_ptq,
     "profile": _cmd_profile, "train": _cmd_train, "export": _cmd_export, "plans": _cmd_plans, "search": _cmd_search,
+    "confirm": _cmd_confirm,
 }
 
 

@@ -373,3 +373,22 @@ def test_the_same_command_and_seed_give_the_same_trials(tmp_path):
     assert list(a["params"]) == list(b["params"])
     assert list(a["top1"]) == list(b["top1"]) and list(a["val_correct"]) == list(b["val_correct"])
     assert a["val_correct"].notna().all()
+
+
+def test_confirm_retrains_the_front_and_reports_the_proxys_rank_correlation(searched, tmp_path, capsys):
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(searched, run)
+    assert main(["confirm", str(run), "--top", "3", "--steps", "4", "--quiet"]) == 0
+    out = capsys.readouterr().out
+    assert "proxy vs full Spearman" in out and "chosen now:" in out
+    c = json.loads((run / "confirm.json").read_text())
+    labels = [r["label"] for r in c["table"]]
+    front = pd.read_csv(run / "pareto.csv")
+    assert labels[-2:] == ["all frozen", "full QAT"] and len(labels) == min(3, len(front)) + 2
+    full = next(r for r in c["table"] if r["label"] == "full QAT")
+    assert full["retrained"] == max(r["retrained"] for r in c["table"]) > 0 and full["proxy_top1"] is None
+    assert c["chosen_now"] in labels and (run / "confirm.png").stat().st_size > 0
+    assert json.loads((run / "summary.json").read_text())["confirm"]["plans"] == len(labels)
+    assert main(["confirm", str(tmp_path / "nothing")]) == 2

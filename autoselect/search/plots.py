@@ -9,7 +9,7 @@ import pandas as pd
 
 from autoselect.profiling.plots import _pyplot, _save
 
-__all__ = ["plot_pareto"]
+__all__ = ["plot_confirm", "plot_pareto"]
 
 
 def plot_pareto(trials: pd.DataFrame, front: pd.DataFrame, path: str | Path, *, latency_unit: str,
@@ -44,4 +44,28 @@ def plot_pareto(trials: pd.DataFrame, front: pd.DataFrame, path: str | Path, *, 
     ax.set_title(title or "search: top-1 vs parameters retrained")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="lower right")
+    return _save(fig, Path(path))
+
+
+def plot_confirm(table: pd.DataFrame, path: str | Path, *, spearman: float | None, chosen: str,
+                 title: str = "") -> Path:
+    """Proxy top-1 against full-budget top-1 of the confirmed plans (references, with no proxy figure, as
+    horizontal lines), the plan chosen from the full-budget results marked."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6.5, 5))
+    ranked = table[table["proxy_top1"].notna()]
+    ax.scatter(ranked["proxy_top1"], ranked["full_top1"], c=100 * ranked["retrained"], cmap="viridis", s=40)
+    for _, r in ranked.iterrows():
+        ax.annotate(f"{r['label']} ({100 * r['retrained']:.0f}%)", (r["proxy_top1"], r["full_top1"]),
+                    textcoords="offset points", xytext=(4, 4), fontsize=7,
+                    weight="bold" if r["label"] == chosen else "normal")
+    for _, r in table[table["proxy_top1"].isna()].iterrows():
+        ax.axhline(r["full_top1"], ls="--", lw=1, color="gray")
+        ax.annotate(str(r["label"]), (ax.get_xlim()[0], r["full_top1"]), fontsize=7, color="gray",
+                    textcoords="offset points", xytext=(2, 2))
+    rho = "n/a" if spearman is None else f"{spearman:.2f}"
+    ax.set_xlabel("top-1 after the proxy [%] (validation)")
+    ax.set_ylabel("top-1 at the full budget [%] (validation)")
+    ax.set_title((title + "\n" if title else "") + f"Spearman {rho}; chosen now: {chosen}", fontsize=9)
+    ax.grid(alpha=0.3)
     return _save(fig, Path(path))

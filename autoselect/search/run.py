@@ -89,6 +89,7 @@ class SearchConfig:
     seed: int = 0
     device: str = "auto"
     progress: bool = True
+    confirm: int = 0  # after the search, retrain this many of the front's best plans at the full budget
 
 
 @dataclass
@@ -186,6 +187,9 @@ def search(cfg: SearchConfig, *, train: Any = None, val: Any = None) -> SearchRe
     if cfg.max_model_bits is not None and cfg.constraints.max_model_mb is not None:
         raise AutoselectError("give --max-model-mb or --max-model-bits, not both")
     prepared = _callers_data(cfg, train, val) if train is not None or val is not None else None
+    if cfg.confirm < 0 or (cfg.confirm and prepared is not None):
+        raise AutoselectError("confirm: a number of plans >= 0, and the search's data given by --data (a "
+                              "caller's loaders cannot be rebuilt from the run's folder)")
     with output_dir(cfg.out, worth_keeping=_resumable):
         if cfg.backend == "ray":  # connect first: an unreachable cluster should fail before the profile, not after
             from autoselect.search.ray_backend import ray_session
@@ -195,10 +199,18 @@ def search(cfg: SearchConfig, *, train: Any = None, val: Any = None) -> SearchRe
                 if prepared is not None:
                     raise AutoselectError("a Ray Client search loads its data on the cluster: pass --data, not "
                                           "train=/val= loaders")
-                return search_via_client(cfg)
-            with ray_session(cfg.ray.address):
-                return _search(cfg, prepared)
-        return _search(cfg, prepared)
+                result = search_via_client(cfg)
+            else:
+                with ray_session(cfg.ray.address):
+                    result = _search(cfg, prepared)
+        else:
+            result = _search(cfg, prepared)
+        if cfg.confirm:  # the front's best plans at the full budget, on this machine
+            from autoselect.search.confirm import confirm
+
+            confirm(result.out, top=cfg.confirm, device=cfg.device, progress=cfg.progress)
+            result.summary = json.loads((result.out / "summary.json").read_text())
+        return result
 
 
 def _callers_data(cfg: SearchConfig, train: Any, val: Any):
@@ -405,6 +417,8 @@ def _search(cfg: SearchConfig, prepared: Any = None) -> SearchResult:
     for _, row in front.iterrows():
         save_plan(_trial_plan(make_plan, row, cfg, latency.unit), out / "plans" / f"trial_{int(row['trial'])}.json")
     plan_path = save_plan(_trial_plan(make_plan, chosen, cfg, latency.unit), out / "plan.json")
+    save_plan(ptq_plan, out / "plans" / "all_frozen.json")  # the references `autoselect confirm` retrains
+    save_plan(_all_qat(ptq_plan), out / "plans" / "full_qat.json")
     from autoselect.search.plots import plot_pareto
 
     plot_pareto(done, front, out / "pareto.png", latency_unit=latency.unit, chosen=int(chosen["trial"]),
@@ -423,6 +437,7 @@ def _search(cfg: SearchConfig, prepared: Any = None) -> SearchResult:
                            proxy_steps=cfg.proxy.steps, fp32_correct=unpack(fp32_correct),
                            ptq_correct=unpack(ptq_correct)),
         "tolerance": cfg.constraints.describe_tolerance(), "tied_with_best": tied,
+        "config": {**asdict(cfg), "progress": True},
         "fp32_val_correct": fp32_correct, "ptq_val_correct": ptq_correct,
         "proxy": asdict(cfg.proxy), "val_images": len(val), "train_images": len(train),
         "constraints": asdict(cfg.constraints), "sampler": cfg.sampler, "prior": cfg.prior, "seed": cfg.seed,
@@ -438,6 +453,13 @@ def _search(cfg: SearchConfig, prepared: Any = None) -> SearchResult:
         tmp.write_text(json.dumps(summary, indent=2) + "\n")
     return SearchResult(out=out, trials=df, front=front, chosen=chosen, plan_path=plan_path, fp32_top1=fp32_top1,
                         ptq_top1=ptq_top1, latency_unit=latency.unit, summary=summary)
+
+
+def _all_qat(plan: Any) -> Any:
+    """``plan`` with every frozen layer retrained (the same bit-widths and quantizers): full QAT of its
+    configuration."""
+    layers = {k: replace(a, kind="qat") if a.kind == "freeze" else a for k, a in plan.layers.items()}
+    return replace(plan, layers=layers, provenance={**plan.provenance, "description": "full QAT reference"})
 
 
 def _target_bits(target: Any) -> int:

@@ -1,0 +1,134 @@
+"""Confirm a finished search at the full budget: retrain its best plans and say how far the proxy was right.
+
+``confirm(run_dir, top=K)`` reads a search's folder (``summary.json``'s ``config``, ``pareto.csv``, ``plans/``),
+rebuilds its data split (same seed: the same validation images), and evaluates again, with the full QAT budget
+instead of the proxy's, the ``K`` plans of the front with the best proxy top-1, the all-frozen plan and full QAT of
+the same configuration (``plans/all_frozen.json``, ``plans/full_qat.json``) as references. It reports the proxy-vs-
+full Spearman rank correlation, the full-budget ranking and the plan the search's rule (:func:`choose`, noise-aware
+by default) picks from the full-budget results, in ``confirm.json``, ``summary.json``'s ``confirm`` section and
+``confirm.png`` (proxy top-1 against full-budget top-1).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass, fields, replace
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from autoselect._io import atomic_path
+from autoselect.errors import AutoselectError
+from autoselect.search.objective import ProxyBudget
+
+__all__ = ["FULL_BUDGET", "ConfirmResult", "confirm", "config_from_dict"]
+
+FULL_BUDGET = ProxyBudget(steps=300, batch_size=128, lr=0.001, warmup_steps=20, eval_every=300, calib_images=1024)
+
+
+@dataclass
+class ConfirmResult:
+    table: pd.DataFrame  # one row per plan: label, trial, retrained, proxy top-1, full top-1
+    spearman: float | None
+    chosen: str  # the label of the plan the search's rule picks from the full-budget results
+    path: Path
+
+
+def config_from_dict(d: dict[str, Any]) -> Any:
+    """The :class:`SearchConfig` of ``summary.json``'s ``config``."""
+    from autoselect.search.pareto import Constraints
+    from autoselect.search.run import RayOptions, SearchConfig
+
+    known = {f.name for f in fields(SearchConfig)}
+    kw = {k: v for k, v in d.items() if k in known}
+    kw["proxy"] = ProxyBudget(**d.get("proxy", {}))
+    kw["constraints"] = Constraints(**d.get("constraints", {}))
+    kw["ray"] = RayOptions(**d.get("ray", {}))
+    if isinstance(kw.get("weight_bits"), list):
+        kw["weight_bits"] = tuple(kw["weight_bits"])
+    return SearchConfig(**kw)
+
+
+def _spearman(a: pd.Series, b: pd.Series) -> float | None:
+    if len(a) < 3 or a.nunique() < 2 or b.nunique() < 2:
+        return None
+    return float(a.rank().corr(b.rank()))
+
+
+def confirm(run_dir: str | Path, *, top: int = 5, budget: ProxyBudget = FULL_BUDGET, device: str | None = None,
+            progress: bool = True) -> ConfirmResult:
+    from autoselect.evaluate import resolve_device
+    from autoselect.models import build_layer_graph
+    from autoselect.plan import load_plan
+    from autoselect.search.objective import TrialEvaluator
+    from autoselect.search.pareto import choose
+    from autoselect.search.plots import plot_confirm
+    from autoselect.search.run import _prepare, _say, _val_count
+
+    out = Path(run_dir)
+    summary_path = out / "summary.json"
+    if not summary_path.is_file():
+        raise AutoselectError(f"{out} holds no finished search (no summary.json)")
+    summary = json.loads(summary_path.read_text())
+    if "config" not in summary:
+        raise AutoselectError(f"{summary_path} predates `autoselect confirm` (no config): run the search again")
+    if top < 1:
+        raise AutoselectError("confirm: --top must be at least 1")
+    cfg = replace(config_from_dict(summary["config"]), out=str(out), progress=progress,
+                  device=device or summary["config"].get("device", "auto"))
+    dev = resolve_device(cfg.device)
+    prep = _prepare(cfg, out)
+    assert prep.train is not None
+    train, val = prep.train.split(_val_count(cfg, len(prep.train)), seed=cfg.seed)
+    train = train.subset(cfg.train_images, seed=cfg.seed)
+    lm = prep.loaded
+    graph = build_layer_graph(lm.model, (1, 3, lm.input_size, lm.input_size))
+    front = pd.read_csv(out / "pareto.csv").sort_values("top1", ascending=False).head(top)
+    plans: list[tuple[str, Any, Any, float | None, float | None]] = []  # label, trial, plan, proxy top-1, retrained
+    for _, row in front.iterrows():
+        n = int(row["trial"])
+        plans.append((f"trial {n}", n, load_plan(out / "plans" / f"trial_{n}.json"), float(row["top1"]),
+                      float(row["retrained"])))
+    for label, name in (("all frozen", "all_frozen.json"), ("full QAT", "full_qat.json")):
+        if (out / "plans" / name).is_file():
+            plans.append((label, None, load_plan(out / "plans" / name), None, None))
+    evaluator = TrialEvaluator(lm.model, graph, train, val, replace(budget, eval_every=max(1, budget.steps)),
+                               lambda specs: 0.0, device=dev, seed=cfg.seed)  # type: ignore[arg-type]
+    rows = []
+    for i, (label, trial, plan, proxy, _) in enumerate(plans, 1):
+        t0 = time.perf_counter()
+        res = evaluator.evaluate(plan)
+        rows.append({"label": label, "trial": trial, "retrained": res.retrained, "proxy_top1": proxy,
+                     "full_top1": res.top1, "ptq_top1": res.ptq_top1, "size_mb": res.size_mb,
+                     "seconds": time.perf_counter() - t0,
+                     "val_correct": res.correct})
+        _say(cfg, f"confirm {i}/{len(plans)}: {label}: full-budget top-1 {res.top1:.2f}% "
+                  f"(proxy {'-' if proxy is None else f'{proxy:.2f}%'}), {100 * res.retrained:.1f}% retrained, "
+                  f"{time.perf_counter() - t0:.0f} s")
+    table = pd.DataFrame(rows)
+    ranked = table[table["proxy_top1"].notna()]
+    rho = _spearman(ranked["proxy_top1"], ranked["full_top1"])
+    pick = choose(table.rename(columns={"full_top1": "top1"}).assign(latency=1.0), cfg.constraints,
+                  fp32_top1=float(summary["fp32_top1"]))
+    chosen = str(pick["label"])
+    proxy_choice = f"trial {summary['chosen_trial']}"
+    result = {
+        "budget": asdict(budget), "top": top, "plans": len(table), "spearman_proxy_vs_full": rho,
+        "ranking": table.sort_values("full_top1", ascending=False)[["label", "full_top1", "retrained"]]
+        .to_dict("records"),
+        "chosen_now": chosen, "chosen_by_proxy": proxy_choice, "same_choice": chosen == proxy_choice,
+        "tolerance": cfg.constraints.describe_tolerance(), "seconds": float(table["seconds"].sum()),
+    }
+    with atomic_path(out / "confirm.json") as tmp:
+        rows_json = table.drop(columns="val_correct").astype(object)
+        rows_json = rows_json.where(rows_json.notna(), None).to_dict("records")  # no NaN in the JSON
+        tmp.write_text(json.dumps({**result, "table": rows_json}, indent=2) + "\n")
+    summary["confirm"] = result
+    with atomic_path(summary_path) as tmp:
+        tmp.write_text(json.dumps(summary, indent=2) + "\n")
+    plot_confirm(table, out / "confirm.png", spearman=rho, chosen=chosen,
+                 title=f"{summary.get('model', '')}: proxy ({cfg.proxy.steps} steps) vs full budget "
+                       f"({budget.steps} steps)")
+    return ConfirmResult(table=table, spearman=rho, chosen=chosen, path=out / "confirm.json")
