@@ -385,8 +385,12 @@ def test_confirm_retrains_the_front_and_reports_the_proxys_rank_correlation(sear
     assert "proxy vs full Spearman" in out and "chosen now:" in out
     c = json.loads((run / "confirm.json").read_text())
     labels = [r["label"] for r in c["table"]]
-    front = pd.read_csv(run / "pareto.csv")
-    assert labels[-2:] == ["all frozen", "full QAT"] and len(labels) == min(3, len(front)) + 2
+    trials = pd.read_csv(run / "trials.csv")
+    plans = trials[trials["state"] == "complete"]["params"].nunique()
+    assert labels[-2:] == ["all frozen", "full QAT"] and len(labels) == min(3, plans) + 2
+    front = set(pd.read_csv(run / "pareto.csv")["trial"])
+    ranked = [int(lbl.split()[1]) for lbl in labels[:-2]]
+    assert ranked[: len(front)] == [t for t in ranked if t in front]  # the front's plans first
     full = next(r for r in c["table"] if r["label"] == "full QAT")
     assert full["retrained"] == max(r["retrained"] for r in c["table"]) > 0 and full["proxy_top1"] is None
     assert c["chosen_now"] in labels and (run / "confirm.png").stat().st_size > 0

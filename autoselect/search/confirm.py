@@ -1,8 +1,9 @@
 """Confirm a finished search at the full budget: retrain its best plans and say how far the proxy was right.
 
-``confirm(run_dir, top=K)`` reads a search's folder (``summary.json``'s ``config``, ``pareto.csv``, ``plans/``),
+``confirm(run_dir, top=K)`` reads a search's folder (``summary.json``'s ``config``, ``trials.csv``, ``plans/``),
 rebuilds its data split (same seed: the same validation images), and evaluates again, with the full QAT budget
-instead of the proxy's, the ``K`` plans of the front with the best proxy top-1, the all-frozen plan and full QAT of
+instead of the proxy's, ``K`` plans — those of the Pareto front first, best proxy top-1 first, then the other complete
+trials in the same order, skipping plans that repeat one already taken —, the all-frozen plan and full QAT of
 the same configuration (``plans/all_frozen.json``, ``plans/full_qat.json``) as references. It reports the proxy-vs-
 full Spearman rank correlation, the full-budget ranking and the plan the search's rule (:func:`choose`, noise-aware
 by default) picks from the full-budget results, in ``confirm.json``, ``summary.json``'s ``confirm`` section and
@@ -85,12 +86,20 @@ def confirm(run_dir: str | Path, *, top: int = 5, budget: ProxyBudget = FULL_BUD
     train = train.subset(cfg.train_images, seed=cfg.seed)
     lm = prep.loaded
     graph = build_layer_graph(lm.model, (1, 3, lm.input_size, lm.input_size))
-    front = pd.read_csv(out / "pareto.csv").sort_values("top1", ascending=False).head(top)
+    trials = pd.read_csv(out / "trials.csv")
+    trials = trials[trials["state"] == "complete"]
+    front = set(pd.read_csv(out / "pareto.csv")["trial"].astype(int))
+    order = trials.assign(_front=~trials["trial"].astype(int).isin(front), _neg=-trials["top1"]) \
+        .sort_values(["_front", "_neg"], kind="stable")
     plans: list[tuple[str, Any, Any, float | None, float | None]] = []  # label, trial, plan, proxy top-1, retrained
-    for _, row in front.iterrows():
+    seen: set[str] = set()
+    for _, row in order.iterrows():
         n = int(row["trial"])
-        plans.append((f"trial {n}", n, load_plan(out / "plans" / f"trial_{n}.json"), float(row["top1"]),
-                      float(row["retrained"])))
+        path = out / "plans" / f"trial_{n}.json"
+        if len(plans) >= top or not path.is_file() or row["params"] in seen:
+            continue
+        seen.add(row["params"])
+        plans.append((f"trial {n}", n, load_plan(path), float(row["top1"]), float(row["retrained"])))
     for label, name in (("all frozen", "all_frozen.json"), ("full QAT", "full_qat.json")):
         if (out / "plans" / name).is_file():
             plans.append((label, None, load_plan(out / "plans" / name), None, None))

@@ -3,7 +3,8 @@
 
 Outputs in ``out``: ``study.db`` (Optuna SQLite; opens in optuna-dashboard), ``profile/`` (the sensitivity report,
 reused on ``--resume``), ``latency_cache.json``, ``trials.csv``, ``pareto.csv``, ``pareto.png``, ``plan.json``
-(the chosen plan), ``plans/trial_N.json`` (every plan on the front) and ``summary.json``.
+(the chosen plan), ``plans/trial_N.json`` (every complete trial's plan), ``plans/all_frozen.json`` and
+``plans/full_qat.json`` (the references of ``autoselect confirm``) and ``summary.json``.
 """
 
 from __future__ import annotations
@@ -414,7 +415,7 @@ def _search(cfg: SearchConfig, prepared: Any = None) -> SearchResult:
     chosen = choose(done, cfg.constraints, fp32_top1=fp32_top1)
     feasible = done[cfg.constraints.feasible(done, fp32_top1)]
     tied = int(near_best(feasible, cfg.constraints).sum())  # the plans the choice could not tell from the best
-    for _, row in front.iterrows():
+    for _, row in done.iterrows():  # every complete trial's plan (`autoselect confirm` may retrain any of them)
         save_plan(_trial_plan(make_plan, row, cfg, latency.unit), out / "plans" / f"trial_{int(row['trial'])}.json")
     plan_path = save_plan(_trial_plan(make_plan, chosen, cfg, latency.unit), out / "plan.json")
     save_plan(ptq_plan, out / "plans" / "all_frozen.json")  # the references `autoselect confirm` retrains
