@@ -585,7 +585,8 @@ def _cmd_search(args: argparse.Namespace) -> int:
     no_prune = {"prune_margin": None} if args.no_prune else given(prune_margin=args.prune_margin)
     cfg = SearchConfig(
         model=args.model, weights=args.weights, data=args.data, data_mode=args.data_mode, workers=args.workers,
-        num_classes=args.num_classes, input_size=args.input_size, target=args.target, weight_bits=args.weight_bits, act_bits=args.act_bits,
+        num_classes=args.num_classes, input_size=args.input_size, target=args.target, weight_bits=args.weight_bits,
+        act_bits=args.act_bits,
         max_model_bits=args.max_model_bits, no_train=args.no_train, space=args.space,
         proxy=ProxyBudget(**given(steps=args.proxy_steps, batch_size=args.proxy_batch, lr=args.proxy_lr,
                                   eval_every=args.eval_every, calib_images=args.calib_images)),
@@ -644,9 +645,7 @@ def _cmd_confirm(args: argparse.Namespace) -> int:
 
     res = confirm(args.run, top=args.top, budget=replace(FULL_BUDGET, steps=args.steps, eval_every=args.steps),
                   device=args.device, progress=not args.quiet)
-    import json
-
-    _print_confirm(json.loads(res.path.read_text()))
+    _print_confirm(res.summary)
     print(f"-> {res.path}, {res.path.parent / 'confirm.png'}")
     return 0
 

@@ -162,4 +162,5 @@ def test_cli_streams_a_folder_and_says_so(tmp_path, capsys):
                  "--workers", "1", "--calib-images", "16", "--eval-images", "16", "--plain-only"]) == 0
     err = capsys.readouterr().err
     assert "train split, 16 images at 32 px, streamed from disk (1 loader worker)" in err
-    assert main(["ptq", "--model", "tests.helpers:tiny_net", "--quiet", "--data", str(root), "--data-mode", "disk"]) == 2
+    assert main(["ptq", "--model", "tests.helpers:tiny_net", "--quiet", "--data", str(root),
+                 "--data-mode", "disk"]) == 2

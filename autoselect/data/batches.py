@@ -12,7 +12,7 @@ from dataclasses import dataclass, replace
 import torch
 import torch.nn.functional as F
 
-__all__ = ["ImageSet", "Batches", "MAX_BATCH_PIXELS", "inference_batch", "split_batch"]
+__all__ = ["ImageSet", "Batches", "MAX_BATCH_PIXELS", "inference_batch", "split_batch", "split_indices"]
 
 MAX_BATCH_PIXELS = 64 * 224 * 224  # evaluation and calibration batches: at most 64 images at 224x224
 
@@ -22,6 +22,14 @@ def inference_batch(batch_size: int, height: int, width: int) -> int:
     size for 32x32 inputs (512, 128): at 224x224 a batch of 512 would hold about 10 GB in the largest layer of a
     simulated MobileNetV2. Nothing changes up to 128 images at 32-158 px; training batches are never capped."""
     return max(1, min(batch_size, MAX_BATCH_PIXELS // max(1, height * width)))
+
+
+def split_indices(length: int, n: int, *, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """(the rest, ``n`` held-out indices) of ``range(length)``, each sorted; a seeded draw that every image set
+    (in memory or on disk) shares, so that the same seed picks the same images either way. ``n`` must be in
+    ``[1, length]``; the held-out part alone is a subset's draw."""
+    idx = torch.randperm(length, generator=torch.Generator().manual_seed(seed))
+    return idx[n:].sort().values, idx[:n].sort().values
 
 
 def split_batch(batch: object) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -82,15 +90,14 @@ class ImageSet:
         """A seeded random subset of ``n`` images (all of them when ``n`` is None or large enough)."""
         if n is None or n >= len(self):
             return self
-        idx = torch.randperm(len(self), generator=torch.Generator().manual_seed(seed))[:n].sort().values
+        _, idx = split_indices(len(self), n, seed=seed)
         return replace(self, images=self.images[idx], labels=self.labels[idx])
 
     def split(self, n: int, *, seed: int = 0) -> tuple[ImageSet, ImageSet]:
         """A seeded random split into (the rest, ``n`` held-out images); disjoint."""
         if not 0 < n < len(self):
             raise ValueError(f"cannot hold out {n} of {len(self)} images")
-        idx = torch.randperm(len(self), generator=torch.Generator().manual_seed(seed))
-        held, rest = idx[:n].sort().values, idx[n:].sort().values
+        rest, held = split_indices(len(self), n, seed=seed)
         return (replace(self, images=self.images[rest], labels=self.labels[rest]),
                 replace(self, images=self.images[held], labels=self.labels[held]))
 

@@ -17,6 +17,7 @@ calibration).
 
 from __future__ import annotations
 
+import copy
 import math
 import os
 from collections.abc import Iterator, Sequence
@@ -26,7 +27,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from autoselect.data.batches import ImageSet, inference_batch
+from autoselect.data.batches import ImageSet, inference_batch, split_indices
 from autoselect.errors import AutoselectError, first_line
 
 __all__ = ["FileImageSet", "FileBatches", "decode_eval", "default_workers", "list_image_folder"]
@@ -191,12 +192,12 @@ class FileImageSet:
     def with_normalize(self, normalize: dict[str, list[float]] | None) -> FileImageSet:
         if not normalize:
             return self
-        out = self._with(np.arange(len(self)))
+        out = copy.copy(self)  # the same path and label arrays: nothing here changes them
         out._mean, out._std = tuple(normalize["mean"]), tuple(normalize["std"])  # type: ignore[assignment]
         return out
 
     def with_workers(self, workers: int) -> FileImageSet:
-        out = self._with(np.arange(len(self)))
+        out = copy.copy(self)
         out.workers = workers
         return out
 
@@ -204,14 +205,14 @@ class FileImageSet:
         """A seeded random subset of ``n`` images (the same draw as :meth:`ImageSet.subset`); nothing decoded."""
         if n is None or n >= len(self):
             return self
-        return self._with(torch.randperm(len(self), generator=torch.Generator().manual_seed(seed))[:n].sort().values)
+        return self._with(split_indices(len(self), n, seed=seed)[1])
 
     def split(self, n: int, *, seed: int = 0) -> tuple[FileImageSet, FileImageSet]:
         """A seeded random split into (the rest, ``n`` held-out images); disjoint; nothing decoded."""
         if not 0 < n < len(self):
             raise ValueError(f"cannot hold out {n} of {len(self)} images")
-        idx = torch.randperm(len(self), generator=torch.Generator().manual_seed(seed))
-        return self._with(idx[n:].sort().values), self._with(idx[:n].sort().values)
+        rest, held = split_indices(len(self), n, seed=seed)
+        return self._with(rest), self._with(held)
 
     def in_memory(self, max_bytes: int | None = None) -> ImageSet | FileImageSet:
         """Decoded into an :class:`ImageSet` when that takes at most ``max_bytes`` (always when None), else self."""

@@ -35,6 +35,7 @@ class ConfirmResult:
     spearman: float | None
     chosen: str  # the label of the plan the search's rule picks from the full-budget results
     path: Path
+    summary: dict[str, Any]  # what summary.json's ``confirm`` section holds
 
 
 def config_from_dict(d: dict[str, Any]) -> Any:
@@ -66,7 +67,7 @@ def confirm(run_dir: str | Path, *, top: int = 5, budget: ProxyBudget = FULL_BUD
     from autoselect.search.objective import TrialEvaluator
     from autoselect.search.pareto import choose
     from autoselect.search.plots import plot_confirm
-    from autoselect.search.run import _prepare, _say, _val_count
+    from autoselect.search.run import _prepare, _say, search_split
 
     out = Path(run_dir)
     summary_path = out / "summary.json"
@@ -82,8 +83,7 @@ def confirm(run_dir: str | Path, *, top: int = 5, budget: ProxyBudget = FULL_BUD
     dev = resolve_device(cfg.device)
     prep = _prepare(cfg, out)
     assert prep.train is not None
-    train, val = prep.train.split(_val_count(cfg, len(prep.train)), seed=cfg.seed)
-    train = train.subset(cfg.train_images, seed=cfg.seed)
+    train, val = search_split(cfg, prep)
     lm = prep.loaded
     graph = build_layer_graph(lm.model, (1, 3, lm.input_size, lm.input_size))
     trials = pd.read_csv(out / "trials.csv")
@@ -140,4 +140,4 @@ def confirm(run_dir: str | Path, *, top: int = 5, budget: ProxyBudget = FULL_BUD
     plot_confirm(table, out / "confirm.png", spearman=rho, chosen=chosen,
                  title=f"{summary.get('model', '')}: proxy ({cfg.proxy.steps} steps) vs full budget "
                        f"({budget.steps} steps)")
-    return ConfirmResult(table=table, spearman=rho, chosen=chosen, path=out / "confirm.json")
+    return ConfirmResult(table=table, spearman=rho, chosen=chosen, path=out / "confirm.json", summary=result)

@@ -118,6 +118,16 @@ def _val_count(cfg: SearchConfig, n_train: int) -> int:
     return n_val
 
 
+def search_split(cfg: SearchConfig, prep: Any) -> tuple[Any, Any]:
+    """The proxy's training images and the validation images of a search (the caller's own validation loader,
+    else a seeded split of the train split): ``autoselect confirm`` scores on the same images."""
+    if prep.val is not None:
+        train, val = prep.train, prep.val
+    else:
+        train, val = prep.train.split(_val_count(cfg, len(prep.train)), seed=cfg.seed)
+    return train.subset(cfg.train_images, seed=cfg.seed), val
+
+
 def _prepare(cfg: SearchConfig, out: Path):
     from autoselect.prepare import prepare
 
@@ -209,8 +219,8 @@ def search(cfg: SearchConfig, *, train: Any = None, val: Any = None) -> SearchRe
         if cfg.confirm:  # the front's best plans at the full budget, on this machine
             from autoselect.search.confirm import confirm
 
-            confirm(result.out, top=cfg.confirm, device=cfg.device, progress=cfg.progress)
-            result.summary = json.loads((result.out / "summary.json").read_text())
+            result.summary["confirm"] = confirm(result.out, top=cfg.confirm, device=cfg.device,
+                                                progress=cfg.progress).summary
         return result
 
 
@@ -274,11 +284,7 @@ def _search(cfg: SearchConfig, prepared: Any = None) -> SearchResult:
     assert prep.train is not None
     lm = prep.loaded
     size = lm.input_size
-    if prep.val is not None:  # the caller's own validation loader
-        train, val = prep.train, prep.val
-    else:
-        train, val = prep.train.split(_val_count(cfg, len(prep.train)), seed=cfg.seed)
-    train = train.subset(cfg.train_images, seed=cfg.seed)
+    train, val = search_split(cfg, prep)
     graph = build_layer_graph(lm.model, (1, 3, size, size))
 
     # 1. the profile (reused when out/profile holds one), under the post-training methods a frozen layer gets: the
