@@ -92,11 +92,13 @@ class _DropQuant(GridQuantizer):
         self.scale, self.zp = ql.act_scale, ql.act_zero_point
         self.learner = LearnedQuantizer(self.tq, ql.act_scale, ql.act_zero_point, elements=None) if learn else None
         self.drop = 0.0
+        self.gen: torch.Generator | None = None  # the reconstruction's own (CPU) generator: no global RNG state
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         q = self.learner(x) if self.learner is not None else fake_quant(x, self.scale, self.zp, self.tq)
         if self.drop > 0.0:
-            return torch.where(torch.rand_like(x) < self.drop, x, q)
+            keep_float = torch.rand(x.shape, generator=self.gen).to(x.device) < self.drop
+            return torch.where(keep_float, x, q)
         return q
 
     def qparams(self) -> tuple[torch.Tensor, torch.Tensor]:
@@ -153,7 +155,7 @@ def reconstruct_block(block: nn.Module, layers: list[QuantLayer], x_q: torch.Ten
         act_params = [p for d in drops if d.learner is not None for p in d.learner.parameters()]
         opt_act = torch.optim.Adam(act_params, lr=ACT_LR) if act_params else None
         for d in drops:
-            d.drop = drop
+            d.drop, d.gen = drop, gen
         with torch.enable_grad():
             for it in range(iterations):
                 idx = torch.randint(0, n, (batch,), generator=gen).to(device)
