@@ -81,7 +81,8 @@ class TrialEvaluator:
 
     def __init__(self, model: nn.Module, graph: LayerGraph, train: Images, val: Images, budget: ProxyBudget,
                  latency: LatencyModel, *, device: torch.device | str = "cpu", seed: int = 0,
-                 ptq_cache: dict[str, tuple[float, str]] | None = None, reuse: dict | None = None) -> None:
+                 ptq_cache: dict[str, tuple[float, str]] | None = None, reuse: dict | None = None,
+                 train_seed: int | None = None) -> None:
         self.model = model.eval()
         self.graph = graph
         # validation and calibration images are read at every evaluation: decoded once where they fit in memory
@@ -90,7 +91,9 @@ class TrialEvaluator:
         self.budget = budget
         self.latency = latency
         self.device = device
-        self.seed = seed
+        self.seed = seed  # draws the calibration images
+        # seeds the QAT (batch order, augmentation): another training seed, same calibration and validation images
+        self.train_seed = seed if train_seed is None else train_seed
         self.calib = self.train.subset(budget.calib_images, seed=seed).in_memory(MEMORY_BYTES)
         # step-0 (PTQ) top-1 per quantization configuration: before training, freeze and QAT layers are quantized
         # alike from the same calibration images, so plans that differ only in what they retrain share it
@@ -155,7 +158,7 @@ class TrialEvaluator:
         calib0 = self.calib_seconds
         specs, _ = plan_specs(plan, self.graph)
         latency = self.latency(specs)
-        torch.manual_seed(self.seed)
+        torch.manual_seed(self.train_seed)
         qmodel = self.apply(plan)
         frac = retrained_fraction(qmodel)
         size_mb = quantized_size_bytes(qmodel) / 1e6
@@ -185,7 +188,7 @@ class TrialEvaluator:
             return False
 
         cfg = QATConfig(steps=b.steps, batch_size=b.batch_size, lr=b.lr, warmup_steps=min(b.warmup_steps, b.steps),
-                        seed=self.seed)
+                        seed=self.train_seed)
         train_qat(qmodel, self.train, None, cfg, callback=callback, device=self.device)
         if pruned:
             raise pruned[0]
