@@ -63,6 +63,20 @@ def test_search_writes_front_plot_plan_and_study(searched):
     assert study.metric_names == ["int8_top1", "retrained_fraction", "latency"]  # labels in optuna-dashboard
 
 
+def test_search_reports_the_profiles_fidelity_from_its_trials(searched):
+    """Each profile metric against the groups' benefit measured from the trials (issue 15, item 4): the groups
+    the trials varied are scored, with the table and plot behind the figures."""
+    summary = json.loads((searched / "summary.json").read_text())
+    fid = summary["profile_fidelity"]
+    assert fid is not None and fid["rank_by"] == "local_drift"
+    assert {"local_drift", "drift", "qmse"} <= set(fid["spearman"])
+    assert fid["trials"] == summary["complete"]
+    table = pd.read_csv(searched / "fidelity.csv")
+    assert fid["groups"] == int(table["benefit"].notna().sum()) > 0
+    assert ((table["retrained_in"] > 0) & (table["retrained_in"] < fid["trials"]) == table["benefit"].notna()).all()
+    assert (searched / "fidelity.png").is_file()
+
+
 def test_chosen_plan_trains_with_autoselect_train(searched, tmp_path, capsys):
     path = searched / "plan.json"
     if not any(a.kind == "qat" for a in load_plan(path).layers.values()):

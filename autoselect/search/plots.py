@@ -1,4 +1,5 @@
-"""The Pareto plot: top-1 against parameters retrained, latency as colour, the front joined by a line."""
+"""The search's plots: the Pareto front (top-1 against parameters retrained, latency as colour), the confirmation
+(proxy against full-budget top-1) and the profile's fidelity (each metric against the groups' measured benefit)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import pandas as pd
 
 from autoselect.profiling.plots import _pyplot, _save
 
-__all__ = ["plot_confirm", "plot_pareto"]
+__all__ = ["plot_confirm", "plot_fidelity", "plot_pareto"]
 
 
 def plot_pareto(trials: pd.DataFrame, front: pd.DataFrame, path: str | Path, *, latency_unit: str,
@@ -48,13 +49,19 @@ def plot_pareto(trials: pd.DataFrame, front: pd.DataFrame, path: str | Path, *, 
 
 
 def plot_confirm(table: pd.DataFrame, path: str | Path, *, spearman: float | None, chosen: str,
-                 title: str = "") -> Path:
-    """Proxy top-1 against full-budget top-1 of the confirmed plans (references, with no proxy figure, as
-    horizontal lines), the plan chosen from the full-budget results marked."""
+                 title: str = "", retest: float | None = None) -> Path:
+    """Proxy top-1 against full-budget top-1 of the confirmed plans (the range over training seeds as bars;
+    references, with no proxy figure, as horizontal lines), the plan chosen from the full-budget results marked."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6.5, 5))
     ranked = table[table["proxy_top1"].notna()]
-    ax.scatter(ranked["proxy_top1"], ranked["full_top1"], c=100 * ranked["retrained"], cmap="viridis", s=40)
+    seeds = [c for c in table.columns if c.startswith("full_top1_seed")]
+    if len(seeds) > 1:  # the spread over training seeds around the mean
+        lo, hi = ranked[seeds].min(axis=1), ranked[seeds].max(axis=1)
+        ax.errorbar(ranked["proxy_top1"], ranked["full_top1"], fmt="none", ecolor="gray", lw=1, capsize=2,
+                    yerr=[ranked["full_top1"] - lo, hi - ranked["full_top1"]])
+    ax.scatter(ranked["proxy_top1"], ranked["full_top1"], c=100 * ranked["retrained"], cmap="viridis", s=40,
+               zorder=3)
     for _, r in ranked.iterrows():
         ax.annotate(f"{r['label']} ({100 * r['retrained']:.0f}%)", (r["proxy_top1"], r["full_top1"]),
                     textcoords="offset points", xytext=(4, 4), fontsize=7,
@@ -64,8 +71,33 @@ def plot_confirm(table: pd.DataFrame, path: str | Path, *, spearman: float | Non
         ax.annotate(str(r["label"]), (ax.get_xlim()[0], r["full_top1"]), fontsize=7, color="gray",
                     textcoords="offset points", xytext=(2, 2))
     rho = "n/a" if spearman is None else f"{spearman:.2f}"
+    ceiling = "" if retest is None else f" (full budget vs itself: {retest:.2f})"
     ax.set_xlabel("top-1 after the proxy [%] (validation)")
-    ax.set_ylabel("top-1 at the full budget [%] (validation)")
-    ax.set_title((title + "\n" if title else "") + f"Spearman {rho}; chosen now: {chosen}", fontsize=9)
+    ax.set_ylabel("top-1 at the full budget [%] (validation; mean over training seeds)")
+    ax.set_title((title + "\n" if title else "") + f"Spearman {rho}{ceiling}; chosen now: {chosen}", fontsize=9)
     ax.grid(alpha=0.3)
+    return _save(fig, Path(path))
+
+
+def plot_fidelity(fidelity: dict, path: str | Path, *, rank_by: str, title: str = "") -> Path:
+    """One panel per profile metric: each group's summed metric (log scale) against its measured QAT benefit."""
+    plt = _pyplot()
+    table = fidelity["table"]
+    known = table[table["benefit"].notna()]
+    metrics = list(fidelity["spearman"])
+    fig, axes = plt.subplots(1, max(1, len(metrics)), figsize=(4 * max(1, len(metrics)), 4), squeeze=False)
+    for ax, metric in zip(axes[0], metrics):
+        x = known[metric].clip(lower=1e-12)
+        ax.scatter(x, known["benefit"], s=22, color="#d62728" if metric == rank_by else "#1f77b4")
+        for _, r in known.iterrows():
+            ax.annotate(str(r["group"]), (max(r[metric], 1e-12), r["benefit"]), fontsize=6,
+                        textcoords="offset points", xytext=(3, 2))
+        rho = fidelity["spearman"][metric]
+        ax.set_xscale("log")
+        ax.set_xlabel(f"{metric} (group sum){' - the prior' if metric == rank_by else ''}")
+        ax.set_title(f"Spearman {'n/a' if rho is None else f'{rho:+.2f}'}", fontsize=9)
+        ax.axhline(0.0, lw=0.8, color="gray")
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel("measured QAT benefit [top-1 points]")
+    fig.suptitle(title or f"profile fidelity: {fidelity['groups']} groups, {fidelity['trials']} trials", fontsize=9)
     return _save(fig, Path(path))

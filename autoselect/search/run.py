@@ -4,7 +4,9 @@
 Outputs in ``out``: ``study.db`` (Optuna SQLite; opens in optuna-dashboard), ``profile/`` (the sensitivity report,
 reused on ``--resume``), ``latency_cache.json``, ``trials.csv``, ``pareto.csv``, ``pareto.png``, ``plan.json``
 (the chosen plan), ``plans/trial_N.json`` (every complete trial's plan), ``plans/all_frozen.json`` and
-``plans/full_qat.json`` (the references of ``autoselect confirm``) and ``summary.json``.
+``plans/full_qat.json`` (the references of ``autoselect confirm``), ``fidelity.csv`` / ``fidelity.png`` (how well
+each profile metric predicted the groups' measured QAT benefit: :mod:`autoselect.search.fidelity`) and
+``summary.json``.
 """
 
 from __future__ import annotations
@@ -430,6 +432,7 @@ def _search(cfg: SearchConfig, prepared: Any = None) -> SearchResult:
 
     plot_pareto(done, front, out / "pareto.png", latency_unit=latency.unit, chosen=int(chosen["trial"]),
                 title=f"{cfg.model} on {cfg.data}: {len(df)} trials ({target.name})")
+    fidelity = _fidelity(cfg, report, groups, df, out)
     ref_latency = latency.reference()
     summary = {
         "model": cfg.model, "data": cfg.data, "target": target.name, "space": space.name, "trials": len(df),
@@ -444,6 +447,7 @@ def _search(cfg: SearchConfig, prepared: Any = None) -> SearchResult:
                            proxy_steps=cfg.proxy.steps, fp32_correct=unpack(fp32_correct),
                            ptq_correct=unpack(ptq_correct)),
         "tolerance": cfg.constraints.describe_tolerance(), "tied_with_best": tied,
+        "profile_fidelity": fidelity,
         "config": {**asdict(cfg), "progress": True},
         "fp32_val_correct": fp32_correct, "ptq_val_correct": ptq_correct,
         "proxy": asdict(cfg.proxy), "val_images": len(val), "train_images": len(train),
@@ -460,6 +464,26 @@ def _search(cfg: SearchConfig, prepared: Any = None) -> SearchResult:
         tmp.write_text(json.dumps(summary, indent=2) + "\n")
     return SearchResult(out=out, trials=df, front=front, chosen=chosen, plan_path=plan_path, fp32_top1=fp32_top1,
                         ptq_top1=ptq_top1, latency_unit=latency.unit, summary=summary)
+
+
+def _fidelity(cfg: SearchConfig, report: Any, groups: Sequence[Group], trials: pd.DataFrame,
+              out: Path) -> dict[str, Any] | None:
+    """The profile's fidelity from this search's trials (``fidelity.csv``, ``fidelity.png``, one output line); None
+    when no complete trial retrained anything."""
+    from autoselect.search.fidelity import describe, profile_fidelity
+    from autoselect.search.plots import plot_fidelity
+
+    fid = profile_fidelity(report.layers, groups, trials)
+    if fid["groups"] == 0:
+        return None
+    with atomic_path(out / "fidelity.csv") as tmp:
+        fid["table"].to_csv(tmp, index=False)
+    plot_fidelity(fid, out / "fidelity.png", rank_by=report.rank_by,
+                  title=f"{cfg.model}: profile metrics against each group's measured QAT benefit "
+                        f"({fid['groups']} groups, {fid['trials']} trials)")
+    _say(cfg, describe(fid, report.rank_by))
+    return {"spearman": fid["spearman"], "groups": fid["groups"], "trials": fid["trials"],
+            "rank_by": report.rank_by}
 
 
 def _all_qat(plan: Any) -> Any:

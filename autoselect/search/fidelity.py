@@ -1,0 +1,78 @@
+"""The profile's own fidelity: how well each of its metrics predicts what retraining a group bought in the trials.
+
+A search's trials retrain different sets of groups from the same post-training start. A group's **measured QAT
+benefit** is its coefficient in a ridge regression of each complete trial's gain over its own PTQ start
+(``top1 - ptq_top1``, validation points) on which groups it retrained (1 or 0 per group, no intercept: a plan that
+retrains nothing gains nothing). Groups that every trial, or no trial, retrained have no measured benefit and are
+left out. The other choices of a trial (bit-widths, smoothing) are not in the regression: they add noise.
+
+Each profile metric (``local_drift``, ``drift``, ``qmse``, and the ``iso_*`` columns of an isolated profile) is
+summed over a group's layers, as the prior does (:func:`autoselect.search.prior.group_sensitivity`), and compared
+with the benefits by Spearman rank correlation over the groups. With a few dozen trials for tens of groups each
+benefit is a noisy estimate: the number of trials is reported with the correlations.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from autoselect.search.prior import QAT_ACTIONS, group_sensitivity
+from autoselect.space import Group
+
+__all__ = ["METRICS", "RIDGE", "group_benefit", "profile_fidelity"]
+
+METRICS = ("local_drift", "drift", "qmse", "iso_qkl", "iso_top1_drop")  # those present in a profile are scored
+RIDGE = 1.0  # ridge penalty, in squared points: shrinks the benefit of a group seldom varied toward 0
+
+
+def _retrained(params: str, groups: Sequence[Group]) -> list[float]:
+    p = json.loads(params)
+    return [1.0 if p.get(f"{g.name}.action", g.untrained) in QAT_ACTIONS else 0.0 for g in groups]
+
+
+def group_benefit(trials: pd.DataFrame, groups: Sequence[Group], *, ridge: float = RIDGE) -> pd.DataFrame:
+    """One row per group: ``retrained_in`` (complete trials that retrained it), ``trials`` and ``benefit`` (points
+    of proxy top-1 the regression gives it; NaN where the trials never or always retrained it)."""
+    done = trials[trials["state"] == "complete"]
+    x = np.array([_retrained(p, groups) for p in done["params"]], dtype=float).reshape(len(done), len(groups))
+    y = (done["top1"] - done["ptq_top1"]).to_numpy(dtype=float)
+    counts = x.sum(0)
+    varied = (counts > 0) & (counts < len(done))
+    benefit = np.full(len(groups), np.nan)
+    if varied.any():
+        xv = x[:, varied]
+        benefit[varied] = np.linalg.solve(xv.T @ xv + ridge * np.eye(xv.shape[1]), xv.T @ y)
+    return pd.DataFrame({"group": [g.name for g in groups], "params": [g.params for g in groups],
+                         "retrained_in": counts.astype(int), "trials": len(done), "benefit": benefit})
+
+
+def profile_fidelity(layers: pd.DataFrame, groups: Sequence[Group], trials: pd.DataFrame) -> dict[str, Any]:
+    """Spearman, over the groups with a measured benefit, of each profile metric (``layers``: the profile's
+    ``layers.csv``) against :func:`group_benefit`; and the table behind it (``table``: one row per group)."""
+    table = group_benefit(trials, groups)
+    for metric in METRICS:
+        if metric in layers.columns:
+            scores = dict(zip(layers["path"], layers[metric].astype(float)))
+            table[metric] = table["group"].map(group_sensitivity(groups, scores))
+    known = table[table["benefit"].notna()]
+    spearman: dict[str, float | None] = {}
+    for metric in METRICS:
+        if metric not in table.columns:
+            continue
+        a, b = known[metric], known["benefit"]
+        ok = len(known) >= 3 and a.nunique() > 1 and b.nunique() > 1
+        spearman[metric] = float(a.rank().corr(b.rank())) if ok else None
+    return {"spearman": spearman, "groups": int(len(known)), "trials": int(table["trials"].iloc[0]) if len(table)
+            else 0, "table": table}
+
+
+def describe(fidelity: dict[str, Any], rank_by: str) -> str:
+    """One line for the search's output."""
+    scored = ", ".join(f"{m} {'-' if v is None else f'{v:+.2f}'}" for m, v in fidelity["spearman"].items())
+    return (f"profile fidelity: Spearman of each metric with the groups' measured QAT benefit ({fidelity['groups']} "
+            f"groups, {fidelity['trials']} trials): {scored}; the prior ranks by {rank_by}")
