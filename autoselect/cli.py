@@ -244,6 +244,9 @@ def _parser() -> argparse.ArgumentParser:
                    help="plans to retrain: the front's first, then the other trials, best proxy top-1 first "
                         "(default 5)")
     p.add_argument("--steps", type=POS, default=300, help="full-budget QAT steps (default 300, batch 128)")
+    p.add_argument("--seeds", type=POS, default=2,
+                   help="training seeds per plan (default 2: the second measures how far the full budget's own "
+                        "ranking repeats, the most any proxy can reach)")
     p.add_argument("--device", help="default: the search's")
     p.add_argument("--quiet", action="store_true")
     return parser
@@ -632,6 +635,10 @@ def _print_confirm(c: dict) -> None:
         f"{c['spearman_proxy_vs_full']:.2f}"
     print(f"confirmed at the full budget ({c['budget']['steps']} steps x {c['budget']['batch_size']}), "
           f"{c['plans']} plans, {c['seconds']:.0f} s; proxy vs full Spearman {rho}")
+    if c.get("spearman_full_retest") is not None:
+        print(f"  the full budget against itself ({c['seeds']} training seeds): Spearman "
+              f"{c['spearman_full_retest']:.2f}, the most a proxy can reach here; it tells apart "
+              f"{c['separated_pairs']} of {c['pairs']} plan pairs (paired test, same order at every seed)")
     for r in c["ranking"]:
         print(f"  {r['label']:12s} {r['full_top1']:6.2f}%  retrained {100 * r['retrained']:5.1f}%")
     same = "the same as the proxy's" if c["same_choice"] else f"the proxy chose {c['chosen_by_proxy']}"
@@ -644,7 +651,7 @@ def _cmd_confirm(args: argparse.Namespace) -> int:
     from autoselect.search.confirm import FULL_BUDGET, confirm
 
     res = confirm(args.run, top=args.top, budget=replace(FULL_BUDGET, steps=args.steps, eval_every=args.steps),
-                  device=args.device, progress=not args.quiet)
+                  device=args.device, progress=not args.quiet, seeds=args.seeds)
     _print_confirm(res.summary)
     print(f"-> {res.path}, {res.path.parent / 'confirm.png'}")
     return 0

@@ -396,17 +396,34 @@ def test_confirm_retrains_the_front_and_reports_the_proxys_rank_correlation(sear
     shutil.copytree(searched, run)
     assert main(["confirm", str(run), "--top", "3", "--steps", "4", "--quiet"]) == 0
     out = capsys.readouterr().out
-    assert "proxy vs full Spearman" in out and "chosen now:" in out
+    assert "proxy vs full Spearman" in out and "chosen now:" in out and "against itself (2 training seeds)" in out
     c = json.loads((run / "confirm.json").read_text())
+    assert c["seeds"] == 2 and 0 <= c["separated_pairs"] <= c["pairs"]
+    for r in c["table"]:  # two training seeds from one calibration; the figure is their mean
+        assert r["full_top1"] == pytest.approx((r["full_top1_seed0"] + r["full_top1_seed1"]) / 2)
+        if r["retrained"] == 0:
+            assert r["full_top1_seed0"] == r["full_top1_seed1"] == r["ptq_top1"]
     labels = [r["label"] for r in c["table"]]
     trials = pd.read_csv(run / "trials.csv")
     plans = trials[trials["state"] == "complete"]["params"].nunique()
     assert labels[-2:] == ["all frozen", "full QAT"] and len(labels) == min(3, plans) + 2
     front = set(pd.read_csv(run / "pareto.csv")["trial"])
     ranked = [int(lbl.split()[1]) for lbl in labels[:-2]]
-    assert ranked[: len(front)] == [t for t in ranked if t in front]  # the front's plans first
+    assert ranked[0] == json.loads((run / "summary.json").read_text())["chosen_trial"]  # the plan the user got
+    rest = ranked[1:]
+    assert rest[: len(front & set(rest))] == [t for t in rest if t in front]  # then the front's plans
     full = next(r for r in c["table"] if r["label"] == "full QAT")
     assert full["retrained"] == max(r["retrained"] for r in c["table"]) > 0 and full["proxy_top1"] is None
     assert c["chosen_now"] in labels and (run / "confirm.png").stat().st_size > 0
     assert json.loads((run / "summary.json").read_text())["confirm"]["plans"] == len(labels)
     assert main(["confirm", str(tmp_path / "nothing")]) == 2
+    from autoselect.search.confirm import confirm
+    from autoselect.errors import AutoselectError
+
+    other = int(trials[trials["state"] == "complete"]["trial"].max())  # named trials are retrained beyond --top
+    res = confirm(run, top=1, budget=ProxyBudget(steps=2, batch_size=16, calib_images=64), progress=False,
+                  trials_to_add=[other], seeds=1)
+    assert f"trial {other}" in list(res.table["label"]) and len(res.table) == len({other, ranked[0]}) + 2
+    assert res.retest is None and "full_top1_seed1" not in res.table
+    with pytest.raises(AutoselectError, match="no complete trial 99"):
+        confirm(run, top=1, trials_to_add=[99], progress=False)
