@@ -52,4 +52,17 @@ def test_profile_fidelity_scores_a_metric_that_ranks_like_the_benefit_high_and_o
     assert fid["spearman"]["local_drift"] == pytest.approx(1.0)
     assert fid["spearman"]["qmse"] == pytest.approx(-1.0)
     assert fid["spearman"]["drift"] is None  # constant over the groups: no ranking to score
-    assert "iso_qkl" not in fid["spearman"]  # not in this profile
+    lo, hi = fid["interval"]["local_drift"]
+    assert 0.5 < lo <= 1.0 and hi == pytest.approx(1.0)  # 24 clean trials: a tight interval
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_fidelity_interval_widens_when_the_trials_are_noise(seed):
+    groups = _groups()
+    rows = pd.DataFrame([{"path": layer, "local_drift": 1.0 + TRUE.get(g.name, 0.0)} for g in groups
+                         for layer in g.layers])
+    width = []
+    for noise in (0.05, 10.0):  # gains clean, then buried in noise 3-50 times their size
+        lo, hi = profile_fidelity(rows, groups, _trials(seed=seed, n=12, noise=noise))["interval"]["local_drift"]
+        width.append(hi - lo)
+    assert width[0] <= 0.25 and width[1] >= 0.8

@@ -9,7 +9,8 @@ left out. The other choices of a trial (bit-widths, smoothing) are not in the re
 Each profile metric (``local_drift``, ``drift``, ``qmse``, and the ``iso_*`` columns of an isolated profile) is
 summed over a group's layers, as the prior does (:func:`autoselect.search.prior.group_sensitivity`), and compared
 with the benefits by Spearman rank correlation over the groups. With a few dozen trials for tens of groups each
-benefit is a noisy estimate: the number of trials is reported with the correlations.
+benefit is a noisy estimate: each correlation comes with a bootstrap interval over the trials, and the number of
+trials.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from autoselect.space import Group
 __all__ = ["METRICS", "RIDGE", "group_benefit", "profile_fidelity"]
 
 METRICS = ("local_drift", "drift", "qmse", "iso_qkl", "iso_top1_drop")  # those present in a profile are scored
+RESAMPLES = 200  # bootstrap resamples of the trials for the interval of each Spearman
 RIDGE = 1.0  # ridge penalty, in squared points: shrinks the benefit of a group seldom varied toward 0
 
 
@@ -51,28 +53,47 @@ def group_benefit(trials: pd.DataFrame, groups: Sequence[Group], *, ridge: float
                          "retrained_in": counts.astype(int), "trials": len(done), "benefit": benefit})
 
 
-def profile_fidelity(layers: pd.DataFrame, groups: Sequence[Group], trials: pd.DataFrame) -> dict[str, Any]:
+def _spearman(a: pd.Series, b: pd.Series) -> float | None:
+    ok = len(a) >= 3 and a.nunique() > 1 and b.nunique() > 1
+    return float(a.rank().corr(b.rank())) if ok else None
+
+
+def profile_fidelity(layers: pd.DataFrame, groups: Sequence[Group], trials: pd.DataFrame, *,
+                     resamples: int = RESAMPLES, seed: int = 0) -> dict[str, Any]:
     """Spearman, over the groups with a measured benefit, of each profile metric (``layers``: the profile's
-    ``layers.csv``) against :func:`group_benefit`; and the table behind it (``table``: one row per group)."""
+    ``layers.csv``) against :func:`group_benefit`, with a 90% bootstrap interval over the trials (``interval``: the
+    trials resampled with replacement ``resamples`` times; a wide interval says the trials cannot tell); and the
+    table behind it (``table``: one row per group)."""
     table = group_benefit(trials, groups)
+    sums = {}
     for metric in METRICS:
         if metric in layers.columns:
             scores = dict(zip(layers["path"], layers[metric].astype(float)))
-            table[metric] = table["group"].map(group_sensitivity(groups, scores))
-    known = table[table["benefit"].notna()]
-    spearman: dict[str, float | None] = {}
-    for metric in METRICS:
-        if metric not in table.columns:
-            continue
-        a, b = known[metric], known["benefit"]
-        ok = len(known) >= 3 and a.nunique() > 1 and b.nunique() > 1
-        spearman[metric] = float(a.rank().corr(b.rank())) if ok else None
-    return {"spearman": spearman, "groups": int(len(known)), "trials": int(table["trials"].iloc[0]) if len(table)
-            else 0, "table": table}
+            sums[metric] = table["group"].map(group_sensitivity(groups, scores))
+            table[metric] = sums[metric]
+    known = table["benefit"].notna()
+    spearman = {m: _spearman(v[known], table.loc[known, "benefit"]) for m, v in sums.items()}
+    done = trials[trials["state"] == "complete"].reset_index(drop=True)
+    rng = np.random.default_rng(seed)
+    draws: dict[str, list[float]] = {m: [] for m in sums}
+    for _ in range(resamples if len(done) >= 3 else 0):
+        b = group_benefit(done.iloc[rng.integers(0, len(done), len(done))], groups)["benefit"]
+        for m, v in sums.items():
+            rho = _spearman(v[b.notna()], b[b.notna()])
+            if rho is not None:
+                draws[m].append(rho)
+    interval = {m: [float(np.quantile(d, 0.05)), float(np.quantile(d, 0.95))] if len(d) >= 10 else None
+                for m, d in draws.items()}
+    return {"spearman": spearman, "interval": interval, "groups": int(known.sum()), "trials": len(done),
+            "table": table}
 
 
 def describe(fidelity: dict[str, Any], rank_by: str) -> str:
     """One line for the search's output."""
-    scored = ", ".join(f"{m} {'-' if v is None else f'{v:+.2f}'}" for m, v in fidelity["spearman"].items())
+    def one(m: str, v: float | None) -> str:
+        ci = fidelity["interval"].get(m)
+        return f"{m} {'-' if v is None else f'{v:+.2f}'}" + (f" [{ci[0]:+.2f}, {ci[1]:+.2f}]" if ci else "")
+
+    scored = ", ".join(one(m, v) for m, v in fidelity["spearman"].items())
     return (f"profile fidelity: Spearman of each metric with the groups' measured QAT benefit ({fidelity['groups']} "
-            f"groups, {fidelity['trials']} trials): {scored}; the prior ranks by {rank_by}")
+            f"groups, {fidelity['trials']} trials; 90% bootstrap interval): {scored}; the prior ranks by {rank_by}")

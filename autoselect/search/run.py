@@ -482,7 +482,7 @@ def _fidelity(cfg: SearchConfig, report: Any, groups: Sequence[Group], trials: p
                   title=f"{cfg.model}: profile metrics against each group's measured QAT benefit "
                         f"({fid['groups']} groups, {fid['trials']} trials)")
     _say(cfg, describe(fid, report.rank_by))
-    return {"spearman": fid["spearman"], "groups": fid["groups"], "trials": fid["trials"],
+    return {"spearman": fid["spearman"], "interval": fid["interval"], "groups": fid["groups"], "trials": fid["trials"],
             "rank_by": report.rank_by}
 
 
