@@ -9,8 +9,8 @@ left out. The other choices of a trial (bit-widths, smoothing) are not in the re
 Each profile metric (``local_drift``, ``drift``, ``qmse``, and the ``iso_*`` columns of an isolated profile) is
 summed over a group's layers, as the prior does (:func:`autoselect.search.prior.group_sensitivity`), and compared
 with the benefits by Spearman rank correlation over the groups. With a few dozen trials for tens of groups each
-benefit is a noisy estimate: each correlation comes with a bootstrap interval over the trials, and the number of
-trials.
+benefit is a noisy estimate, and so is each trial's gain (a few hundred validation images decide it): each
+correlation comes with a bootstrap interval that resamples the trials and their gains' measurement error.
 """
 
 from __future__ import annotations
@@ -22,10 +22,11 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from autoselect.search.noise import unpack
 from autoselect.search.prior import QAT_ACTIONS, group_sensitivity
 from autoselect.space import Group
 
-__all__ = ["METRICS", "RIDGE", "group_benefit", "profile_fidelity"]
+__all__ = ["METRICS", "RIDGE", "gain_errors", "group_benefit", "profile_fidelity"]
 
 METRICS = ("local_drift", "drift", "qmse", "iso_qkl", "iso_top1_drop")  # those present in a profile are scored
 RESAMPLES = 200  # bootstrap resamples of the trials for the interval of each Spearman
@@ -37,20 +38,49 @@ def _retrained(params: str, groups: Sequence[Group]) -> list[float]:
     return [1.0 if p.get(f"{g.name}.action", g.untrained) in QAT_ACTIONS else 0.0 for g in groups]
 
 
+def _design(done: pd.DataFrame, groups: Sequence[Group]) -> tuple[np.ndarray, np.ndarray]:
+    x = np.array([_retrained(p, groups) for p in done["params"]], dtype=float).reshape(len(done), len(groups))
+    return x, (done["top1"] - done["ptq_top1"]).to_numpy(dtype=float)
+
+
+def _fit(x: np.ndarray, y: np.ndarray, ridge: float) -> np.ndarray:
+    counts = x.sum(0)
+    varied = (counts > 0) & (counts < len(x))
+    benefit = np.full(x.shape[1], np.nan)
+    if varied.any():
+        xv = x[:, varied]
+        benefit[varied] = np.linalg.solve(xv.T @ xv + ridge * np.eye(xv.shape[1]), xv.T @ y)
+    return benefit
+
+
 def group_benefit(trials: pd.DataFrame, groups: Sequence[Group], *, ridge: float = RIDGE) -> pd.DataFrame:
     """One row per group: ``retrained_in`` (complete trials that retrained it), ``trials`` and ``benefit`` (points
     of proxy top-1 the regression gives it; NaN where the trials never or always retrained it)."""
     done = trials[trials["state"] == "complete"]
-    x = np.array([_retrained(p, groups) for p in done["params"]], dtype=float).reshape(len(done), len(groups))
-    y = (done["top1"] - done["ptq_top1"]).to_numpy(dtype=float)
-    counts = x.sum(0)
-    varied = (counts > 0) & (counts < len(done))
-    benefit = np.full(len(groups), np.nan)
-    if varied.any():
-        xv = x[:, varied]
-        benefit[varied] = np.linalg.solve(xv.T @ xv + ridge * np.eye(xv.shape[1]), xv.T @ y)
+    x, y = _design(done, groups)
     return pd.DataFrame({"group": [g.name for g in groups], "params": [g.params for g in groups],
-                         "retrained_in": counts.astype(int), "trials": len(done), "benefit": benefit})
+                         "retrained_in": x.sum(0).astype(int), "trials": len(done), "benefit": _fit(x, y, ridge)})
+
+
+def gain_errors(trials: pd.DataFrame, ptq_correct: np.ndarray | None) -> np.ndarray:
+    """Each complete trial's standard error of its gain over PTQ, in points, from its per-image results
+    (``val_correct``): paired against ``ptq_correct`` (the all-frozen plan's; ``sqrt(discordant) / n``), else
+    binomial (``sqrt(p (1 - p) / n)``); 0 where a trial has none."""
+    done = trials[trials["state"] == "complete"]
+    out = np.zeros(len(done))
+    if "val_correct" not in done:
+        return out
+    for i, v in enumerate(done["val_correct"]):
+        if not isinstance(v, str):
+            continue
+        hits = unpack(v)
+        n = len(hits)
+        if ptq_correct is not None and len(ptq_correct) == n:
+            out[i] = 100.0 * np.sqrt(np.sum(hits != ptq_correct)) / n
+        else:
+            p = hits.mean()
+            out[i] = 100.0 * np.sqrt(p * (1 - p) / n)
+    return out
 
 
 def _spearman(a: pd.Series, b: pd.Series) -> float | None:
@@ -59,11 +89,13 @@ def _spearman(a: pd.Series, b: pd.Series) -> float | None:
 
 
 def profile_fidelity(layers: pd.DataFrame, groups: Sequence[Group], trials: pd.DataFrame, *,
-                     resamples: int = RESAMPLES, seed: int = 0) -> dict[str, Any]:
+                     ptq_correct: np.ndarray | None = None, resamples: int = RESAMPLES,
+                     seed: int = 0) -> dict[str, Any]:
     """Spearman, over the groups with a measured benefit, of each profile metric (``layers``: the profile's
-    ``layers.csv``) against :func:`group_benefit`, with a 90% bootstrap interval over the trials (``interval``: the
-    trials resampled with replacement ``resamples`` times; a wide interval says the trials cannot tell); and the
-    table behind it (``table``: one row per group)."""
+    ``layers.csv``) against :func:`group_benefit`, with a 90% bootstrap interval (``interval``): ``resamples`` times,
+    the trials are drawn with replacement and each gain moved by a normal draw of its own measurement error
+    (:func:`gain_errors`, paired against ``ptq_correct`` when given), so that gains the validation images cannot
+    resolve give a wide interval. And the table behind it (``table``: one row per group)."""
     table = group_benefit(trials, groups)
     sums = {}
     for metric in METRICS:
@@ -74,10 +106,13 @@ def profile_fidelity(layers: pd.DataFrame, groups: Sequence[Group], trials: pd.D
     known = table["benefit"].notna()
     spearman = {m: _spearman(v[known], table.loc[known, "benefit"]) for m, v in sums.items()}
     done = trials[trials["state"] == "complete"].reset_index(drop=True)
+    x, y = _design(done, groups)
+    se = gain_errors(done, ptq_correct)
     rng = np.random.default_rng(seed)
     draws: dict[str, list[float]] = {m: [] for m in sums}
     for _ in range(resamples if len(done) >= 3 else 0):
-        b = group_benefit(done.iloc[rng.integers(0, len(done), len(done))], groups)["benefit"]
+        idx = rng.integers(0, len(done), len(done))
+        b = pd.Series(_fit(x[idx], y[idx] + rng.normal(0.0, 1.0, len(idx)) * se[idx], RIDGE))
         for m, v in sums.items():
             rho = _spearman(v[b.notna()], b[b.notna()])
             if rho is not None:

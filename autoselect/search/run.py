@@ -432,7 +432,7 @@ def _search(cfg: SearchConfig, prepared: Any = None) -> SearchResult:
 
     plot_pareto(done, front, out / "pareto.png", latency_unit=latency.unit, chosen=int(chosen["trial"]),
                 title=f"{cfg.model} on {cfg.data}: {len(df)} trials ({target.name})")
-    fidelity = _fidelity(cfg, report, groups, df, out)
+    fidelity = _fidelity(cfg, report, groups, df, out, unpack(ptq_correct))
     ref_latency = latency.reference()
     summary = {
         "model": cfg.model, "data": cfg.data, "target": target.name, "space": space.name, "trials": len(df),
@@ -466,14 +466,14 @@ def _search(cfg: SearchConfig, prepared: Any = None) -> SearchResult:
                         ptq_top1=ptq_top1, latency_unit=latency.unit, summary=summary)
 
 
-def _fidelity(cfg: SearchConfig, report: Any, groups: Sequence[Group], trials: pd.DataFrame,
-              out: Path) -> dict[str, Any] | None:
+def _fidelity(cfg: SearchConfig, report: Any, groups: Sequence[Group], trials: pd.DataFrame, out: Path,
+              ptq_correct: Any) -> dict[str, Any] | None:
     """The profile's fidelity from this search's trials (``fidelity.csv``, ``fidelity.png``, one output line); None
     when no complete trial retrained anything."""
     from autoselect.search.fidelity import describe, profile_fidelity
     from autoselect.search.plots import plot_fidelity
 
-    fid = profile_fidelity(report.layers, groups, trials)
+    fid = profile_fidelity(report.layers, groups, trials, ptq_correct=ptq_correct)
     if fid["groups"] == 0:
         return None
     with atomic_path(out / "fidelity.csv") as tmp:
