@@ -235,14 +235,15 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="output directory (default: runs/search-MODEL)")
     p.add_argument("--resume", action="store_true", help="continue the study in OUT/study.db")
     p.add_argument("--confirm", type=NONNEG, default=0,
-                   help="then retrain K plans (the front's first), all frozen and full QAT at the full budget, and "
-                        "report the proxy's rank correlation (see `autoselect confirm`)")
+                   help="then retrain K plans (the chosen one, then the front's), all frozen and full QAT at the full "
+                        "budget at 2 training seeds, and report the proxy's rank correlation next to the full "
+                        "budget's own (see `autoselect confirm`)")
 
     p = sub.add_parser("confirm", help="retrain a finished search's best plans at the full budget: proxy vs full")
     p.add_argument("run", help="the search's output folder")
     p.add_argument("--top", type=POS, default=5,
-                   help="plans to retrain: the front's first, then the other trials, best proxy top-1 first "
-                        "(default 5)")
+                   help="plans to retrain: the search's choice, then the front's, then the other trials, best proxy "
+                        "top-1 first (default 5)")
     p.add_argument("--steps", type=POS, default=300, help="full-budget QAT steps (default 300, batch 128)")
     p.add_argument("--seeds", type=POS, default=2,
                    help="training seeds per plan (default 2: the second measures how far the full budget's own "
