@@ -87,3 +87,22 @@ def test_auto_verdict_says_ptq_is_enough_only_within_noise():
     bad = verdict(_row(67.5, 0.0), fp32_top1=75.0, ptq_top1=67.5, constraints=c, proxy_steps=60, fp32_correct=fp32,
                   ptq_correct=far)
     assert "PTQ is enough" not in bad and "beyond noise" in bad and "7.50 points" in bad
+
+
+def test_confirm_counts_a_pair_as_told_apart_only_when_the_paired_test_and_every_seed_agree():
+    import numpy as np
+    import pandas as pd
+
+    from autoselect.search.confirm import _separated
+    from autoselect.search.noise import pack
+
+    n = 1000
+    strong = np.arange(n) < 900  # 90% right
+    weak = np.arange(n) < 700  # 70%: 200 images only the first gets right, McNemar p ~ 0
+    close = np.arange(n) < 895  # 5 images apart: a tie
+    table = pd.DataFrame({"val_correct": [pack(strong), pack(weak), pack(close)],
+                          "full_top1_seed0": [90.0, 70.0, 89.5], "full_top1_seed1": [90.2, 70.1, 89.9]})
+    assert _separated(table, 2) == (2, 3)  # strong-weak and close-weak; strong-close ties
+    flipped = table.assign(full_top1_seed1=[70.0, 90.0, 89.9])  # the second seed reverses strong and weak
+    assert _separated(flipped, 2) == (0, 3)  # and close-weak: at seed 1 close (89.9) < weak (90.0)
+    assert _separated(flipped, 1) == (2, 3)  # one seed: the paired test alone

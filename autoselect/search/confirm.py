@@ -21,9 +21,11 @@ import json
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, fields, replace
+from itertools import combinations
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from autoselect._io import atomic_path
@@ -70,16 +72,15 @@ def _spearman(a: pd.Series, b: pd.Series) -> float | None:
 def _separated(ranked: pd.DataFrame, seeds: int) -> tuple[int, int]:
     """(pairs of ranked plans the full budget tells apart, pairs): McNemar p < 0.05 on the first seed's per-image
     results, and the same order at every seed."""
-    rows = list(ranked.itertuples(index=False))
-    pairs = separated = 0
-    for i, a in enumerate(rows):
-        for b in rows[i + 1:]:
-            pairs += 1
-            signs = {(getattr(a, f"full_top1_seed{k}") > getattr(b, f"full_top1_seed{k}")) -
-                     (getattr(a, f"full_top1_seed{k}") < getattr(b, f"full_top1_seed{k}")) for k in range(seeds)}
-            if len(signs) == 1 and 0 not in signs and mcnemar_p(unpack(a.val_correct), unpack(b.val_correct)) < ALPHA:
-                separated += 1
-    return separated, pairs
+    full = ranked[[f"full_top1_seed{k}" for k in range(seeds)]].to_numpy(float)
+    hits = [unpack(v) for v in ranked["val_correct"]]
+    pairs = list(combinations(range(len(ranked)), 2))
+    separated = 0
+    for i, j in pairs:
+        signs = np.sign(full[i] - full[j])
+        if signs[0] != 0 and (signs == signs[0]).all() and mcnemar_p(hits[i], hits[j]) < ALPHA:
+            separated += 1
+    return separated, len(pairs)
 
 
 def confirm(run_dir: str | Path, *, top: int = 5, budget: ProxyBudget = FULL_BUDGET, device: str | None = None,
