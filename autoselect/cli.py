@@ -621,6 +621,10 @@ def _cmd_search(args: argparse.Namespace) -> int:
     print(s["verdict"])
     if "confirm" in s:
         _print_confirm(s["confirm"])
+    elif c["retrained"] == 0 and s["verdict"].startswith("no trained plan"):
+        # measured (RESULTS, issue 15): here the proxy's small gains can hide a plan 1-1.5 points better at full budget
+        print(f"before settling for all frozen: autoselect confirm {res.out} --top 3 retrains the best trained plans "
+              "at the full budget")
     if c["retrained"] > 0:
         print(f"next: autoselect train --plan {res.plan_path} --weights {weights} --data {args.data}")
     elif s["latency_measured"]:

@@ -106,3 +106,28 @@ def test_confirm_counts_a_pair_as_told_apart_only_when_the_paired_test_and_every
     flipped = table.assign(full_top1_seed1=[70.0, 90.0, 89.9])  # the second seed reverses strong and weak
     assert _separated(flipped, 2) == (0, 3)  # and close-weak: at seed 1 close (89.9) < weak (90.0)
     assert _separated(flipped, 1) == (2, 3)  # one seed: the paired test alone
+
+
+def test_search_output_suggests_confirm_when_it_settles_for_all_frozen_that_loses_points(monkeypatch, capsys, tmp_path):
+    """All frozen chosen while PTQ loses points beyond noise: the output points at `autoselect confirm` (measured:
+    there the proxy's small gains hid plans 1.3-1.5 points better at the full budget)."""
+    import pandas as pd
+
+    import autoselect.search as search_pkg
+    from autoselect.cli import main
+    from autoselect.search.run import SearchResult
+
+    def fake(cfg, verdict):
+        chosen = pd.Series({"trial": 0, "top1": 80.0, "retrained": 0.0, "latency": 1.0})
+        summary = {"trials": 1, "complete": 1, "pruned": 0, "failed": 0, "tied_with_best": 1, "verdict": verdict,
+                   "tolerance": "auto", "latency_measured": False, "target": "generic"}
+        return SearchResult(out=tmp_path, trials=pd.DataFrame(), front=pd.DataFrame(), chosen=chosen,
+                            plan_path=tmp_path / "plan.json", fp32_top1=83.0, ptq_top1=80.0, latency_unit="relative",
+                            summary=summary)
+
+    for verdict, expected in (("no trained plan beat PTQ beyond noise ...; PTQ loses 3.00 points", True),
+                              ("PTQ is enough here: all frozen loses 0.20 points", False)):
+        monkeypatch.setattr(search_pkg, "search", lambda cfg, v=verdict: fake(cfg, v))
+        assert main(["search", "--model", "tests.helpers:tiny_net", "--quiet", "--out", str(tmp_path / "o")]) == 0
+        out = capsys.readouterr().out
+        assert (f"autoselect confirm {tmp_path} --top 3" in out) == expected, out
