@@ -35,13 +35,9 @@ from _common import save_result
 from autoselect.models import build_layer_graph
 from autoselect.plan import load_plan
 from autoselect.search.confirm import FULL_BUDGET, config_from_dict
-from autoselect.search.noise import mcnemar_p, unpack
+from autoselect.search.noise import mcnemar_p, spearman, unpack
 from autoselect.search.objective import TrialEvaluator
 from autoselect.search.run import _prepare, search_split
-
-
-def spearman(a: pd.Series, b: pd.Series) -> float:
-    return float(a.rank().corr(b.rank()))
 
 
 def ordered_pairs(scores: pd.Series, full: pd.Series, retest: pd.Series,

@@ -30,7 +30,7 @@ import pandas as pd
 
 from autoselect._io import atomic_path
 from autoselect.errors import AutoselectError
-from autoselect.search.noise import ALPHA, mcnemar_p, unpack
+from autoselect.search.noise import spearman, tied, unpack
 from autoselect.search.objective import ProxyBudget
 
 __all__ = ["FULL_BUDGET", "ConfirmResult", "confirm", "config_from_dict"]
@@ -63,12 +63,6 @@ def config_from_dict(d: dict[str, Any]) -> Any:
     return SearchConfig(**kw)
 
 
-def _spearman(a: pd.Series, b: pd.Series) -> float | None:
-    if len(a) < 3 or a.nunique() < 2 or b.nunique() < 2:
-        return None
-    return float(a.rank().corr(b.rank()))
-
-
 def _separated(ranked: pd.DataFrame, seeds: int) -> tuple[int, int]:
     """(pairs of ranked plans the full budget tells apart, pairs): McNemar p < 0.05 on the first seed's per-image
     results, and the same order at every seed."""
@@ -78,7 +72,7 @@ def _separated(ranked: pd.DataFrame, seeds: int) -> tuple[int, int]:
     separated = 0
     for i, j in pairs:
         signs = np.sign(full[i] - full[j])
-        if signs[0] != 0 and (signs == signs[0]).all() and mcnemar_p(hits[i], hits[j]) < ALPHA:
+        if signs[0] != 0 and (signs == signs[0]).all() and not tied(hits[i], hits[j]):
             separated += 1
     return separated, len(pairs)
 
@@ -115,7 +109,7 @@ def confirm(run_dir: str | Path, *, top: int = 5, budget: ProxyBudget = FULL_BUD
     front = set(pd.read_csv(out / "pareto.csv")["trial"].astype(int))
     order = trials.assign(_front=~trials["trial"].astype(int).isin(front), _neg=-trials["top1"]) \
         .sort_values(["_front", "_neg"], kind="stable")
-    plans: list[tuple[str, Any, Any, float | None, float | None]] = []  # label, trial, plan, proxy top-1, retrained
+    plans: list[tuple[str, int | None, Any, float | None]] = []  # label, trial, plan, proxy top-1
     seen: set[str] = set()
     chosen_trial = int(summary["chosen_trial"])
     named = [chosen_trial, *(int(t) for t in trials_to_add)]
@@ -129,14 +123,14 @@ def confirm(run_dir: str | Path, *, top: int = 5, budget: ProxyBudget = FULL_BUD
         if (k >= len(first) and len(plans) >= top) or not path.is_file() or row["params"] in seen:
             continue
         seen.add(row["params"])
-        plans.append((f"trial {n}", n, load_plan(path), float(row["top1"]), float(row["retrained"])))
+        plans.append((f"trial {n}", n, load_plan(path), float(row["top1"])))
     for label, name in (("all frozen", "all_frozen.json"), ("full QAT", "full_qat.json")):
         if (out / "plans" / name).is_file():
-            plans.append((label, None, load_plan(out / "plans" / name), None, None))
+            plans.append((label, None, load_plan(out / "plans" / name), None))
     evaluator = TrialEvaluator(lm.model, graph, train, val, replace(budget, eval_every=max(1, budget.steps)),
                                lambda specs: 0.0, device=dev, seed=cfg.seed)  # type: ignore[arg-type]
     rows = []
-    for i, (label, trial, plan, proxy, _) in enumerate(plans, 1):
+    for i, (label, trial, plan, proxy) in enumerate(plans, 1):
         t0 = time.perf_counter()
         runs = []
         for k in range(seeds):  # the same calibration (cached), another training seed
@@ -154,13 +148,13 @@ def confirm(run_dir: str | Path, *, top: int = 5, budget: ProxyBudget = FULL_BUD
                   f"{time.perf_counter() - t0:.0f} s")
     table = pd.DataFrame(rows)
     ranked = table[table["proxy_top1"].notna()]
-    rho = _spearman(ranked["proxy_top1"], ranked["full_top1"])
-    retest = _spearman(ranked["full_top1_seed0"], ranked["full_top1_seed1"]) if seeds > 1 else None
+    rho = spearman(ranked["proxy_top1"], ranked["full_top1"])
+    retest = spearman(ranked["full_top1_seed0"], ranked["full_top1_seed1"]) if seeds > 1 else None
     separated, pairs = _separated(ranked, seeds)
     pick = choose(table.rename(columns={"full_top1": "top1"}).assign(latency=1.0), cfg.constraints,
                   fp32_top1=float(summary["fp32_top1"]))
     chosen = str(pick["label"])
-    proxy_choice = f"trial {summary['chosen_trial']}"
+    proxy_choice = f"trial {chosen_trial}"
     result = {
         "budget": asdict(budget), "top": top, "plans": len(table), "seeds": seeds, "spearman_proxy_vs_full": rho,
         "spearman_full_retest": retest, "separated_pairs": separated, "pairs": pairs,
@@ -179,4 +173,5 @@ def confirm(run_dir: str | Path, *, top: int = 5, budget: ProxyBudget = FULL_BUD
     plot_confirm(table, out / "confirm.png", spearman=rho, chosen=chosen, retest=retest,
                  title=f"{summary.get('model', '')}: proxy ({cfg.proxy.steps} steps) vs full budget "
                        f"({budget.steps} steps)")
-    return ConfirmResult(table=table, spearman=rho, retest=retest, chosen=chosen, path=out / "confirm.json", summary=result)
+    return ConfirmResult(table=table, spearman=rho, retest=retest, chosen=chosen, path=out / "confirm.json",
+                         summary=result)

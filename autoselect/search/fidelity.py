@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from autoselect.search.noise import unpack
+from autoselect.search.noise import spearman, unpack
 from autoselect.search.prior import QAT_ACTIONS, group_sensitivity
 from autoselect.space import Group
 
@@ -53,13 +53,15 @@ def _fit(x: np.ndarray, y: np.ndarray, ridge: float) -> np.ndarray:
     return benefit
 
 
+def _table(groups: Sequence[Group], x: np.ndarray, y: np.ndarray, ridge: float) -> pd.DataFrame:
+    return pd.DataFrame({"group": [g.name for g in groups], "params": [g.params for g in groups],
+                         "retrained_in": x.sum(0).astype(int), "trials": len(x), "benefit": _fit(x, y, ridge)})
+
+
 def group_benefit(trials: pd.DataFrame, groups: Sequence[Group], *, ridge: float = RIDGE) -> pd.DataFrame:
     """One row per group: ``retrained_in`` (complete trials that retrained it), ``trials`` and ``benefit`` (points
     of proxy top-1 the regression gives it; NaN where the trials never or always retrained it)."""
-    done = trials[trials["state"] == "complete"]
-    x, y = _design(done, groups)
-    return pd.DataFrame({"group": [g.name for g in groups], "params": [g.params for g in groups],
-                         "retrained_in": x.sum(0).astype(int), "trials": len(done), "benefit": _fit(x, y, ridge)})
+    return _table(groups, *_design(trials[trials["state"] == "complete"], groups), ridge)
 
 
 def gain_errors(trials: pd.DataFrame, ptq_correct: np.ndarray | None) -> np.ndarray:
@@ -83,11 +85,6 @@ def gain_errors(trials: pd.DataFrame, ptq_correct: np.ndarray | None) -> np.ndar
     return out
 
 
-def _spearman(a: pd.Series, b: pd.Series) -> float | None:
-    ok = len(a) >= 3 and a.nunique() > 1 and b.nunique() > 1
-    return float(a.rank().corr(b.rank())) if ok else None
-
-
 def profile_fidelity(layers: pd.DataFrame, groups: Sequence[Group], trials: pd.DataFrame, *,
                      ptq_correct: np.ndarray | None = None, resamples: int = RESAMPLES,
                      seed: int = 0) -> dict[str, Any]:
@@ -96,7 +93,9 @@ def profile_fidelity(layers: pd.DataFrame, groups: Sequence[Group], trials: pd.D
     the trials are drawn with replacement and each gain moved by a normal draw of its own measurement error
     (:func:`gain_errors`, paired against ``ptq_correct`` when given), so that gains the validation images cannot
     resolve give a wide interval. And the table behind it (``table``: one row per group)."""
-    table = group_benefit(trials, groups)
+    done = trials[trials["state"] == "complete"].reset_index(drop=True)
+    x, y = _design(done, groups)
+    table = _table(groups, x, y, RIDGE)
     sums = {}
     for metric in METRICS:
         if metric in layers.columns:
@@ -104,9 +103,7 @@ def profile_fidelity(layers: pd.DataFrame, groups: Sequence[Group], trials: pd.D
             sums[metric] = table["group"].map(group_sensitivity(groups, scores))
             table[metric] = sums[metric]
     known = table["benefit"].notna()
-    spearman = {m: _spearman(v[known], table.loc[known, "benefit"]) for m, v in sums.items()}
-    done = trials[trials["state"] == "complete"].reset_index(drop=True)
-    x, y = _design(done, groups)
+    rhos = {m: spearman(v[known], table.loc[known, "benefit"]) for m, v in sums.items()}
     se = gain_errors(done, ptq_correct)
     rng = np.random.default_rng(seed)
     draws: dict[str, list[float]] = {m: [] for m in sums}
@@ -114,12 +111,12 @@ def profile_fidelity(layers: pd.DataFrame, groups: Sequence[Group], trials: pd.D
         idx = rng.integers(0, len(done), len(done))
         b = pd.Series(_fit(x[idx], y[idx] + rng.normal(0.0, 1.0, len(idx)) * se[idx], RIDGE))
         for m, v in sums.items():
-            rho = _spearman(v[b.notna()], b[b.notna()])
+            rho = spearman(v[b.notna()], b[b.notna()])
             if rho is not None:
                 draws[m].append(rho)
     interval = {m: [float(np.quantile(d, 0.05)), float(np.quantile(d, 0.95))] if len(d) >= 10 else None
                 for m, d in draws.items()}
-    return {"spearman": spearman, "interval": interval, "groups": int(known.sum()), "trials": len(done),
+    return {"spearman": rhos, "interval": interval, "groups": int(known.sum()), "trials": len(done),
             "table": table}
 
 

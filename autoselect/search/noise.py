@@ -8,7 +8,7 @@ the paired test, which ignores the images both get right or wrong, resolves smal
 disagree on few images.
 
 Per-image correctness travels between processes (Ray trials, the Optuna study) as :func:`pack`'s base64 string.
-Pure numpy.
+:func:`spearman` is the rank correlation the confirmation and the profile's fidelity report. Numpy and pandas.
 """
 
 from __future__ import annotations
@@ -17,8 +17,9 @@ import base64
 import math
 
 import numpy as np
+import pandas as pd
 
-__all__ = ["ALPHA", "mcnemar_p", "pack", "tied", "unpack"]
+__all__ = ["ALPHA", "mcnemar_p", "pack", "spearman", "tied", "unpack"]
 
 ALPHA = 0.05  # below this, a difference is not noise
 
@@ -55,3 +56,10 @@ def mcnemar_p(a: np.ndarray, b: np.ndarray) -> float:
 def tied(best: np.ndarray, other: np.ndarray, alpha: float = ALPHA) -> bool:
     """Whether ``other`` is within noise of ``best`` (McNemar p at or above ``alpha``)."""
     return mcnemar_p(best, other) >= alpha
+
+
+def spearman(a: pd.Series, b: pd.Series) -> float | None:
+    """Spearman rank correlation of two aligned series; None with fewer than 3 values or a constant one."""
+    if len(a) < 3 or a.nunique() < 2 or b.nunique() < 2:
+        return None
+    return float(a.rank().corr(b.rank()))

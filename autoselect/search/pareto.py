@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 
 from autoselect.errors import AutoselectError
-from autoselect.search.noise import ALPHA, mcnemar_p, unpack
+from autoselect.search.noise import ALPHA, mcnemar_p, tied, unpack
 
 __all__ = ["Constraints", "choose", "hypervolume", "pareto_mask", "verdict"]
 
@@ -128,7 +128,7 @@ def near_best(feasible: pd.DataFrame, constraints: Constraints) -> np.ndarray:
         return top1 >= top1.max() - (FALLBACK_TOLERANCE if tol is None else tol)
     vectors = [unpack(v) for v in feasible["val_correct"]]
     best = vectors[int(np.argmax(top1))]
-    return np.array([t == top1.max() or mcnemar_p(best, v) >= constraints.alpha for t, v in zip(top1, vectors)])
+    return np.array([t == top1.max() or tied(best, v, constraints.alpha) for t, v in zip(top1, vectors)])
 
 
 def verdict(chosen: pd.Series, *, fp32_top1: float, ptq_top1: float, constraints: Constraints,
