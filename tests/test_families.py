@@ -8,10 +8,10 @@ Two checks per model:
   range onnxruntime calibrated itself is a requantization the simulation does not have; each such tensor was a
   cause of disagreement: pools and concatenations after a ReLU, an Add before one, the logits);
 - **image by image**: the exported model predicts what the simulation predicts about as often as the simulation
-  run in float64 predicts what it predicts in float32, and its logits lie within 3x of that float64 distance.
+  run in float64 predicts what it predicts in float32, and its logits lie within 1.6x of that float64 distance.
   Integer kernels requantize in float32 in their own order, so flips at grid boundaries are expected, as many as
-  float precision alone causes; a grid in the wrong place gives far more (measured: 4-5x on GoogLeNet before its
-  functional ReLUs were recognized).
+  float precision alone causes; a grid in the wrong place gives far more (measured on GoogLeNet: 4-5x before its
+  functional ReLUs were recognized, 2.2-2.4x while its branch pools read the float block input).
 
 The models have random weights with BatchNorm statistics re-estimated on digits (training each family to useful
 accuracy here would cost minutes each). MobileNetV2 is covered by test_export.py.
@@ -82,5 +82,6 @@ def test_the_export_computes_what_the_simulation_computes(tmp_path, family, size
     # expected, as many as running the simulation itself in float64 gives; a wrong grid gives far more
     assert agree >= floor_agree - 0.1, (f"{family} at {size} px: INT8 and simulation agree on {100 * agree:.1f}% "
                                         f"of images; the simulation in float64 on {100 * floor_agree:.1f}%")
-    assert err < 3 * floor_err + 1e-3, (f"{family} at {size} px: export {err:.4f} from the simulation, float64 "
-                                        f"{floor_err:.4f}")
+    # measured: 0.97-1.21x on every family; GoogLeNet's pools of float block inputs (fixed) gave 2.2-2.4x
+    assert err < 1.6 * floor_err + 1e-3, (f"{family} at {size} px: export {err:.4f} from the simulation, float64 "
+                                          f"{floor_err:.4f}")

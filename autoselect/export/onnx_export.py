@@ -29,7 +29,7 @@ from autoselect._io import atomic_path
 from autoselect.data.batches import split_batch
 from autoselect.errors import AutoselectError, first_line
 from autoselect.export.deploy import deploy_model
-from autoselect.quant.simulate import fuses_activations, quant_layers
+from autoselect.quant.simulate import fuses_activations, quant_layers, shared_input_layers
 from autoselect.quant.targets import get_target
 
 __all__ = ["ExportResult", "export_fp32_onnx", "export"]
@@ -228,6 +228,7 @@ def export(
                 per_channel[0]["axis"] = 0  # onnxruntime reads a list without "axis" as per-tensor
             overrides[node.input[1]] = per_channel
     exclude += _activation_grids(fp32_graph, overrides)
+    shared = {nodes[path].input[0] for path in shared_input_layers(qmodel)}
     int8_path = out / "model_int8.onnx"
     with atomic_path(int8_path) as tmp, _no_preprocessing_advice():
         quantize_static(
@@ -245,10 +246,60 @@ def export(
                            # fully connected layers write float, as simulated (see simulate._float_gemm_output)
                            "OpTypesToExcludeOutputQuantization": ["Gemm"]},
         )
+        if quant_format == "qdq" and shared:
+            proto = onnx.load(str(tmp))
+            if _read_shared_inputs_quantized(proto.graph, shared):
+                onnx.save_model(proto, str(tmp))
     return ExportResult(fp32_path=fp32_path, int8_path=int8_path, fp32_bytes=fp32_path.stat().st_size,
                         int8_bytes=int8_path.stat().st_size, quantized_layers=len(layers) - len(fp32_layers),
                         fp32_layers=fp32_layers,
                         unsimulated_grids=_unsimulated_grids(int8_path, overrides) if quant_format == "qdq" else [])
+
+
+def _read_shared_inputs_quantized(graph: Any, tensors: set[str]) -> int:
+    """Make every op that reads one of ``tensors`` (block inputs the simulation quantizes once for all their readers,
+    see ``quantize_model(integer_graph=True)``) read its quantized values. onnxruntime's QDQ quantizer does so only
+    when a single quantized node reads the tensor; with several (an inception block's branches), each quantized
+    reader gets a pair of its own and the others (the pool of a GoogLeNet branch) read the float tensor, which the
+    simulation never has. Returns the inputs rewired."""
+    q_input = {n.output[0]: n.input[0] for n in graph.node if n.op_type == "QuantizeLinear"}
+    dequantized: dict[str, str] = {}
+    for n in graph.node:
+        if n.op_type == "DequantizeLinear" and q_input.get(n.input[0]) in tensors:
+            dequantized.setdefault(q_input[n.input[0]], n.output[0])
+    rewired = 0
+    for n in graph.node:
+        if n.op_type == "QuantizeLinear":
+            continue
+        for i, name in enumerate(n.input):
+            if name in dequantized:
+                n.input[i] = dequantized[name]
+                rewired += 1
+    if rewired:
+        _sort_topologically(graph)
+    return rewired
+
+
+def _sort_topologically(graph: Any) -> None:
+    """Order ``graph.node`` so that every node comes after the producers of its inputs (ONNX requires it)."""
+    ready = {"", *(i.name for i in graph.input), *(i.name for i in graph.initializer)}
+    pending, ordered = list(graph.node), []
+    while pending:  # the quantizer's order is nearly topological already: a pass or two
+        rest = []
+        for n in pending:
+            if all(i in ready for i in n.input):
+                ordered.append(n)
+                ready.update(n.output)
+            else:
+                rest.append(n)
+        if len(rest) == len(pending):
+            raise AutoselectError("exported graph has a cycle or an input nothing produces")
+        pending = rest
+    copies = [type(n)() for n in ordered]
+    for c, n in zip(copies, ordered):
+        c.CopyFrom(n)
+    del graph.node[:]
+    graph.node.extend(copies)
 
 
 def _unsimulated_grids(int8_path: Path, overrides: dict[str, list[dict[str, Any]]]) -> list[str]:

@@ -26,7 +26,7 @@ from autoselect.quant.layer import MODES, QuantLayer
 from autoselect.quant.spec import QuantSpec, resolve_specs
 
 __all__ = ["quantize_model", "quant_layers", "set_mode", "calibrate", "fuses_activations", "fold_smoothing",
-           "smoothing_folds", "remove_shared_input_hooks", "GridClip"]
+           "smoothing_folds", "remove_shared_input_hooks", "shared_input_layers", "GridClip"]
 
 
 def quantize_model(
@@ -224,6 +224,14 @@ def calibrate(model: nn.Module, data: Iterable, *, device: torch.device | str = 
     model.autoselect_method_seconds = dict(transform_seconds)  # type: ignore[assignment]
     run_methods(model, data, device=device, progress=progress, reuse=reuse)
     return seen
+
+
+def shared_input_layers(model: nn.Module) -> list[str]:
+    """The layers whose input quantizer ``integer_graph=True`` applies at their block's boundary, for every op of
+    the block that reads the block's input (a shortcut's Add, a pool), not only for the layer."""
+    path_of = {id(m): p for p, m in quant_layers(model).items()}
+    return sorted({path_of[id(hook.layer)] for module in model.modules()
+                   for hook in module._forward_pre_hooks.values() if isinstance(hook, _SharedInput)})
 
 
 def remove_shared_input_hooks(model: nn.Module) -> int:
