@@ -2,16 +2,21 @@
 
 Each family is trained on the embedded digits set at each input size (``--epochs``; checkpoints kept under
 runs/family_matrix/, not committed, and reused), then every layer is frozen with the default post-training methods
-for each target, calibrated on 256 train images, and (targets with integer kernels here) exported through
+for each target, calibrated on 256 train images (``--calib-images``), and (targets with integer kernels here) exported through
 onnxruntime and run on the digits test images. ``--random`` skips training: random weights with BatchNorm statistics
-re-estimated on the calibration images, which is what the unit-test matrix uses.
+re-estimated on the calibration images, which is what the unit-test matrix uses. ``--train-size N`` runs every
+size with the checkpoints trained at N pixels (the families are fully convolutional up to a global pool), so that a
+224-pixel row needs no training at 224. ``--floor`` adds the simulation run in float64 against itself in float32:
+how many predictions float rounding alone flips, the floor of the export's agreement.
 
     python experiments/family_matrix.py --sizes 32 64 --targets generic x86-avx2 x86-vnni
+    python experiments/family_matrix.py --sizes 224 --train-size 64 --targets x86-vnni --floor
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import tempfile
 import time
@@ -54,7 +59,7 @@ def _weights(model: str, size: int, epochs: int, ckpt_dir: Path) -> Path:
 def _row(model: str, size: int, targets: list[str], weights: Path | None, args: argparse.Namespace) -> list[dict]:
     lm = load_model(model, weights=str(weights) if weights else None, num_classes=10, input_size=size)
     test = load_images("digits", split="test", input_size=size, limit=args.images)
-    calib = load_images("digits", split="train", limit=256, input_size=size, seed=0)
+    calib = load_images("digits", split="train", limit=args.calib_images, input_size=size, seed=0)
     if lm.normalize is not None:
         test, calib = test.with_normalize(lm.normalize), calib.with_normalize(lm.normalize)
     if weights is None:
@@ -71,10 +76,17 @@ def _row(model: str, size: int, targets: list[str], weights: Path | None, args: 
                        input_shape=(1, 3, size, size))
         with torch.no_grad():
             sim = torch.cat([q(x) for x, _ in test.batches(64)]).numpy()
+            sim64 = None
+            if args.floor:
+                q64 = copy.deepcopy(q).double()
+                sim64 = torch.cat([q64(x.double()) for x, _ in test.batches(64)]).float().numpy()
         row = {"model": model, "size": size, "target": get_target(target).name, "images": len(test),
                "fp32_top1": 100 * float((fp32.argmax(1) == labels).mean()),
                "sim_top1": 100 * float((sim.argmax(1) == labels).mean()),
                "agree_sim_fp32": 100 * float((sim.argmax(1) == fp32.argmax(1)).mean())}
+        if sim64 is not None:
+            row.update({"agree_sim64_sim": 100 * float((sim64.argmax(1) == sim.argmax(1)).mean()),
+                        "rel_err_sim64_sim": logit_rel_err(sim64, sim)})
         if get_target(target).runs_here:
             with tempfile.TemporaryDirectory() as d:
                 res = export(q, calib.batches(64), d, input_shape=(1, 3, size, size))
@@ -99,6 +111,9 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=15)
     ap.add_argument("--images", type=int, help="test images (default: all 360)")
     ap.add_argument("--random", action="store_true", help="random weights, BatchNorm re-estimated; no training")
+    ap.add_argument("--calib-images", type=int, default=256)
+    ap.add_argument("--train-size", type=int, help="use the checkpoints trained at this size for every size")
+    ap.add_argument("--floor", action="store_true", help="also the float64 simulation against the float32 one")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", default=str(RESULTS / "family_matrix.json"))
     args = ap.parse_args()
@@ -108,10 +123,10 @@ def main() -> None:
     rows: list[dict] = []
     for model in args.models:
         for size in args.sizes:
-            weights = None if args.random else _weights(model, size, args.epochs, ckpt_dir)
+            weights = None if args.random else _weights(model, args.train_size or size, args.epochs, ckpt_dir)
             rows += _row(model, size, args.targets, weights, args)
             save_result(args.out, {"date": str(date.today()), "random": args.random, "epochs": args.epochs,
-                                   "calib_images": 256, "rows": rows})
+                                   "train_size": args.train_size, "calib_images": args.calib_images, "rows": rows})
 
 
 if __name__ == "__main__":
