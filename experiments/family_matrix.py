@@ -97,6 +97,9 @@ def _row(model: str, size: int, targets: list[str], weights: Path | None, args: 
                         "agree_int8_fp32": 100 * float((int8.argmax(1) == fp32.argmax(1)).mean()),
                         "rel_err_int8_sim": logit_rel_err(int8, sim),
                         "rel_err_sim_fp32": logit_rel_err(sim, fp32)})
+            if sim64 is not None:
+                row.update({"agree_int8_sim64": 100 * float((int8.argmax(1) == sim64.argmax(1)).mean()),
+                            "rel_err_int8_sim64": logit_rel_err(int8, sim64)})
         row["seconds"] = time.perf_counter() - t0
         print(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()}), flush=True)
         rows.append(row)
