@@ -339,6 +339,9 @@ def test_mixed_precision_under_the_memory_of_a_uniform_bit_width(tmp_path):
     plan = load_plan(out / "plan.json")
     bits = {a.weight_bits for a in plan.layers.values()}
     assert bits <= {4, 8} and 8 in bits  # not all at the lowest: the limit leaves room for some 8-bit groups
+    # the profile (at 4 bits) rounds to nearest, as every higher width does, not with the 4-bit default AdaRound
+    profiled = json.loads((out / "profile" / "summary.json").read_text())["spec"]
+    assert profiled.startswith("W[4b") and "adaround" not in profiled, profiled
     from autoselect.models import build_layer_graph
     from autoselect.plan import LayerAction, Plan
     from autoselect.quant.apply import plan_specs, planned_size_bytes

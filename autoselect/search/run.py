@@ -293,10 +293,12 @@ def _search(cfg: SearchConfig, prepared: Any = None) -> SearchResult:
     # prior then ranks groups by the error those methods leave, so a layer they already repair draws no QAT
     t0 = time.perf_counter()
     prof_dir = out / "profile"
-    # several bit-widths: profiled at the lowest, where the groups differ most (the bit allocation scales from it)
+    # several bit-widths: profiled at the lowest, where the groups differ most (the bit allocation scales from it),
+    # with rounding to nearest (see _profile_methods)
     target_bits = _target_bits(target)
     bit_choices = tuple(sorted({target_bits if b is None else b for b in space.weight_bits}))
-    spec = with_defaults(target.spec(weight_bits=bit_choices[0], act_bits=cfg.act_bits), observer_named=False)
+    spec = with_defaults(target.spec(weight_bits=bit_choices[0], act_bits=cfg.act_bits), _profile_methods(bit_choices),
+                         observer_named=False)
     reuse: dict = {}  # learned roundings: the profile's, then each trial's (see MethodContext.reuse)
     if (prof_dir / "summary.json").is_file():
         report = SensitivityReport.load(prof_dir)
@@ -491,6 +493,16 @@ def _all_qat(plan: Any) -> Any:
     configuration."""
     layers = {k: replace(a, kind="qat") if a.kind == "freeze" else a for k, a in plan.layers.items()}
     return replace(plan, layers=layers, provenance={**plan.provenance, "description": "full QAT reference"})
+
+
+def _profile_methods(bit_choices: Sequence[int]) -> dict[str, str] | None:
+    """The profile's methods besides the defaults: with several bit-widths to choose from, rounding to nearest. The
+    bit allocation extrapolates each group's profiled error from the lowest bit-width to the others as
+    ``4^(b_low - b)``, the scaling of rounding noise, and every width but the lowest rounds to nearest anyway; a
+    learned rounding at the lowest width would also cost most of the search (the 4-bit AdaRound of all 53 layers of
+    MobileNetV2 took 107 of 233 s) for the few layers that end there, whose trials learn it once each
+    (``MethodContext.reuse``). One bit-width: the defaults, which is what a frozen layer gets."""
+    return {"rounding": "nearest"} if len(bit_choices) > 1 else None
 
 
 def _target_bits(target: Any) -> int:
