@@ -6,7 +6,8 @@
    the exact grids the simulation used (``TensorQuantOverrides``: our scales and zero-points — deployable targets
    simulate the output requantization too), weights are quantized with the target's granularity and symmetry
    (symmetric min-max, the same grid as ours), and FP32 layers are excluded;
-3. anything left unquantized by the simulation (a layer kept in FP32) is excluded from quantization.
+3. anything left unquantized by the simulation (a layer kept in FP32) is excluded from quantization;
+4. a block input the simulation quantizes once for all its readers is read quantized by every op, pools included.
 
 onnxruntime is imported lazily: ``import autoselect`` never loads it.
 """
