@@ -268,3 +268,45 @@ def test_the_export_carries_the_simulated_integer_weights(tmp_path):
         sim = q(x).numpy()
     real = ort_session(res.int8_path).run(None, {"input": x.numpy()})[0]
     assert (real.argmax(1) == sim.argmax(1)).mean() >= 0.95
+
+
+class _Branches(torch.nn.Module):
+    """An inception block in miniature: two convs and a pool-then-conv branch read the block's input."""
+
+    def __init__(self, c: int) -> None:
+        super().__init__()
+        self.a = torch.nn.Sequential(torch.nn.Conv2d(c, 4, 1), torch.nn.ReLU())
+        self.b = torch.nn.Sequential(torch.nn.Conv2d(c, 4, 3, padding=1), torch.nn.ReLU())
+        self.pool = torch.nn.MaxPool2d(3, stride=1, padding=1)
+        self.c = torch.nn.Sequential(torch.nn.Conv2d(c, 4, 1), torch.nn.ReLU())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.cat([self.a(x), self.b(x), self.c(self.pool(x))], 1)
+
+
+def test_a_pool_reads_the_quantized_block_input_as_simulated(tmp_path):
+    """Several quantized layers and a MaxPool read a block's input, itself the float output of a pool: the
+    simulation quantizes that input once for every reader, and so must the export (onnxruntime alone gives each
+    quantized reader a QDQ pair of its own and leaves the pool on the float tensor)."""
+    import onnx
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.ReLU(), torch.nn.MaxPool2d(2),
+                                _Branches(8), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(),
+                                torch.nn.Linear(12, 10)).eval()
+    data = _data()
+    q = apply_plan(model, Plan(layers={"_default": LayerAction()}, target="x86-vnni"), data)
+    res = export(q, data, tmp_path, target="x86-vnni")
+    graph = onnx.load(str(res.int8_path)).graph
+    producer = {o: n.op_type for n in graph.node for o in n.output}
+    pools = [n for n in graph.node if n.op_type == "MaxPool"]
+    assert len(pools) == 2
+    # the block's pool reads the dequantized block input; the first pool reads the stem's dequantized output
+    assert all(producer[n.input[0]] == "DequantizeLinear" for n in pools)
+    onnx.checker.check_model(onnx.load(str(res.int8_path)))  # still in topological order
+    x = torch.cat([b[0] for b in data])
+    with torch.no_grad():
+        sim = q(x).numpy()
+    real = ort_session(res.int8_path).run(None, {"input": x.numpy()})[0]
+    err = np.linalg.norm(real - sim) / np.linalg.norm(sim)
+    assert err < 1e-3, err
