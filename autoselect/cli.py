@@ -641,9 +641,11 @@ def _print_confirm(c: dict) -> None:
     print(f"confirmed at the full budget ({c['budget']['steps']} steps x {c['budget']['batch_size']}), "
           f"{c['plans']} plans, {c['seconds']:.0f} s; proxy vs full Spearman {rho}")
     if c.get("spearman_full_retest") is not None:
+        one = c.get("spearman_proxy_vs_one_run")
+        like = "" if one is None else f"; the proxy against one full run: {one:.2f} (mean over the seeds)"
         print(f"  the full budget against itself ({c['seeds']} training seeds): Spearman "
-              f"{c['spearman_full_retest']:.2f}, the most a proxy can reach here; it tells apart "
-              f"{c['separated_pairs']} of {c['pairs']} plan pairs (paired test, same order at every seed)")
+              f"{c['spearman_full_retest']:.2f}{like}; it tells apart {c['separated_pairs']} of {c['pairs']} plan "
+              "pairs (paired test, same order at every seed)")
     for r in c["ranking"]:
         print(f"  {r['label']:12s} {r['full_top1']:6.2f}%  retrained {100 * r['retrained']:5.1f}%")
     same = "the same as the proxy's" if c["same_choice"] else f"the proxy chose {c['chosen_by_proxy']}"

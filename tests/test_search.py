@@ -402,6 +402,14 @@ def test_confirm_retrains_the_front_and_reports_the_proxys_rank_correlation(sear
     assert "proxy vs full Spearman" in out and "chosen now:" in out and "against itself (2 training seeds)" in out
     c = json.loads((run / "confirm.json").read_text())
     assert c["seeds"] == 2 and 0 <= c["separated_pairs"] <= c["pairs"]
+    if c["spearman_proxy_vs_one_run"] is not None:  # like for like with the retest: the proxy against each run
+        from autoselect.search.noise import spearman
+
+        ranked = pd.DataFrame([r for r in c["table"] if r["proxy_top1"] is not None])
+        each = [spearman(ranked["proxy_top1"], ranked[f"full_top1_seed{k}"]) for k in (0, 1)]
+        assert c["spearman_proxy_vs_one_run"] == pytest.approx(sum(e for e in each if e is not None)
+                                                               / len([e for e in each if e is not None]))
+        assert "the proxy against one full run" in out
     for r in c["table"]:  # two training seeds from one calibration; the figure is their mean
         assert r["full_top1"] == pytest.approx((r["full_top1_seed0"] + r["full_top1_seed1"]) / 2)
         if r["retrained"] == 0:
@@ -430,3 +438,14 @@ def test_confirm_retrains_the_front_and_reports_the_proxys_rank_correlation(sear
     assert res.retest is None and "full_top1_seed1" not in res.table
     with pytest.raises(AutoselectError, match="no complete trial 99"):
         confirm(run, top=1, trials_to_add=[99], progress=False)
+
+
+def test_the_proxy_is_compared_with_one_full_run_like_the_full_budget_with_itself():
+    """The proxy's Spearman against a single run, averaged over the seeds, is the figure beside the retest (one run
+    against another); against the seeds' mean it reads higher for the same proxy."""
+    from autoselect.search.confirm import _proxy_vs_one_run
+
+    ranked = pd.DataFrame({"proxy_top1": [1.0, 2.0, 3.0, 4.0], "full_top1_seed0": [1.0, 2.0, 4.0, 3.0],
+                           "full_top1_seed1": [2.0, 1.0, 3.0, 4.0]})
+    assert _proxy_vs_one_run(ranked, 2) == pytest.approx(0.8)  # 0.8 against each seed
+    assert _proxy_vs_one_run(ranked, 1) is None

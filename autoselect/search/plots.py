@@ -49,7 +49,7 @@ def plot_pareto(trials: pd.DataFrame, front: pd.DataFrame, path: str | Path, *, 
 
 
 def plot_confirm(table: pd.DataFrame, path: str | Path, *, spearman: float | None, chosen: str,
-                 title: str = "", retest: float | None = None) -> Path:
+                 title: str = "", retest: float | None = None, one_run: float | None = None) -> Path:
     """Proxy top-1 against full-budget top-1 of the confirmed plans (the range over training seeds as bars;
     references, with no proxy figure, as horizontal lines), the plan chosen from the full-budget results marked."""
     plt = _pyplot()
@@ -71,7 +71,8 @@ def plot_confirm(table: pd.DataFrame, path: str | Path, *, spearman: float | Non
         ax.annotate(str(r["label"]), (ax.get_xlim()[0], r["full_top1"]), fontsize=7, color="gray",
                     textcoords="offset points", xytext=(2, 2))
     rho = "n/a" if spearman is None else f"{spearman:.2f}"
-    ceiling = "" if retest is None else f" (full budget vs itself: {retest:.2f})"
+    ceiling = "" if retest is None else f" (one full run vs another: {retest:.2f}" + (
+        ")" if one_run is None else f"; proxy vs one full run: {one_run:.2f})")
     ax.set_xlabel("top-1 after the proxy [%] (validation)")
     ax.set_ylabel("top-1 at the full budget [%] (validation; mean over training seeds)")
     ax.set_title((title + "\n" if title else "") + f"Spearman {rho}{ceiling}; chosen now: {chosen}", fontsize=9)
