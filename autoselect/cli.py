@@ -200,6 +200,9 @@ def _parser() -> argparse.ArgumentParser:
                    help="peak learning rate of the proxy (default 0.001, the full run's; never above it)")
     p.add_argument("--eval-every", type=POS, help="steps between intermediate evaluations")
     p.add_argument("--calib-images", type=POS, help="calibration images per trial")
+    p.add_argument("--proxy-rounding-effort", type=float,
+                   help="fraction of AdaRound's / block reconstruction's steps a trial runs where it learns a "
+                        "rounding (default 0.2; the chosen plan is calibrated at full length)")
     p.add_argument("--val-images", type=POS, help="held out from the train split for validation "
                                                   "(default: 1000, at most a quarter of the split)")
     p.add_argument("--train-images", type=POS, help="train the proxy on a subset of the remaining images")
@@ -593,7 +596,8 @@ def _cmd_search(args: argparse.Namespace) -> int:
         act_bits=args.act_bits,
         max_model_bits=args.max_model_bits, no_train=args.no_train, space=args.space,
         proxy=ProxyBudget(**given(steps=args.proxy_steps, batch_size=args.proxy_batch, lr=args.proxy_lr,
-                                  eval_every=args.eval_every, calib_images=args.calib_images)),
+                                  eval_every=args.eval_every, calib_images=args.calib_images,
+                                  rounding_effort=args.proxy_rounding_effort)),
         train_images=args.train_images, val_images=args.val_images,
         constraints=Constraints(max_accuracy_drop=args.max_accuracy_drop, max_retrained=args.max_retrained,
                                 max_latency=args.max_latency_ms, max_model_mb=args.max_model_mb,

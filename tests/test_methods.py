@@ -286,3 +286,34 @@ def test_learned_roundings_are_reused_between_calibrations_of_one_model(tiny, ba
     assert len(learned) == n + 1  # only the layer at 3 bits
     calibrated(four, None)
     assert len(learned) == 2 * n + 1  # without a reuse dict every layer is learned
+
+
+def test_effort_scales_the_steps_of_learned_roundings(tiny, batches, monkeypatch):
+    """``calibrate(effort=0.2)`` runs a fifth of AdaRound's and block reconstruction's steps (a search's trials);
+    the default runs them all; a proxy budget refuses an effort outside (0, 1]."""
+    import pytest
+
+    from autoselect.errors import AutoselectError
+    from autoselect.quant.methods import adaround, block_reconstruction
+    from autoselect.search.objective import ProxyBudget
+
+    seen: dict[str, list[int]] = {"adaround": [], "brecq": []}
+
+    def record(name, real):
+        def fn(*args, iterations, **kw):
+            seen[name].append(iterations)
+            return real(*args, iterations=2, **kw)  # keep the test fast: what matters is what was asked
+        return fn
+
+    monkeypatch.setattr(adaround, "adaround_layer", record("adaround", adaround.adaround_layer))
+    monkeypatch.setattr(block_reconstruction, "reconstruct_block",
+                        record("brecq", block_reconstruction.reconstruct_block))
+    for rounding, act_bits in (("adaround", None), ("brecq", 4)):
+        spec = replace(get_target("generic").spec(weight_bits=4, act_bits=act_bits), rounding=rounding)
+        for effort, steps in ((1.0, 1000), (0.2, 200)):
+            seen[rounding].clear()
+            q = quantize_model(tiny, spec)
+            calibrate(q, batches, effort=effort)
+            assert seen[rounding] and set(seen[rounding]) == {steps}, (rounding, effort, seen[rounding])
+    with pytest.raises(AutoselectError, match="rounding effort"):
+        ProxyBudget(rounding_effort=0)

@@ -101,7 +101,7 @@ def apply_plan(
 
 def calibrated_model(model: nn.Module, specs: dict[str, QuantSpec | None], graph: LayerGraph, calibration: Iterable,
                      *, target: str, device: torch.device | str = "cpu", progress: bool = False,
-                     reuse: dict | None = None) -> nn.Module:
+                     reuse: dict | None = None, effort: float = 1.0) -> nn.Module:
     """The quantized, calibrated copy of ``model`` for resolved ``specs`` (post-training methods applied), every
     parameter frozen: the part of :func:`apply_plan` that depends only on how layers are quantized, not on which
     are retrained (so that a search can reuse it across plans). ``reuse``: learned roundings shared between
@@ -109,7 +109,7 @@ def calibrated_model(model: nn.Module, specs: dict[str, QuantSpec | None], graph
     qmodel = quantize_model(model.to(device), specs, graph=graph, integer_graph=get_target(target).runs_here)
     for p in qmodel.parameters():
         p.requires_grad_(False)
-    calibrate(qmodel, calibration, device=device, progress=progress, reuse=reuse)
+    calibrate(qmodel, calibration, device=device, progress=progress, reuse=reuse, effort=effort)
     return qmodel
 
 

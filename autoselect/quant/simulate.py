@@ -201,12 +201,13 @@ def set_mode(model: nn.Module, mode: str, only: Iterable[str] | None = None) -> 
 
 @torch.no_grad()
 def calibrate(model: nn.Module, data: Iterable, *, device: torch.device | str = "cpu",
-              progress: bool = False, reuse: dict | None = None) -> int:
+              progress: bool = False, reuse: dict | None = None, effort: float = 1.0) -> int:
     """Run ``data`` through ``model`` observing activations, then fix activation scales, then apply the
     post-training methods the layers' specs ask for (:mod:`autoselect.quant.methods`; their seconds are in
     ``model.autoselect_method_seconds``). The ``transform`` methods (equalization) run first, on the float model.
     ``data`` must be re-iterable when a method runs. ``reuse``: learned roundings shared between calibrations
-    (:attr:`autoselect.quant.methods.MethodContext.reuse`). Returns images seen."""
+    (:attr:`autoselect.quant.methods.MethodContext.reuse`); ``effort``: the fraction of the learned methods' steps
+    (:attr:`~autoselect.quant.methods.MethodContext.effort`). Returns images seen."""
     from autoselect.quant.methods import run_methods, run_transforms
 
     transform_seconds = run_transforms(model, data, device=device, progress=progress)
@@ -222,7 +223,7 @@ def calibrate(model: nn.Module, data: Iterable, *, device: torch.device | str = 
         layer.finish_calibration()
     set_mode(model, "quant")
     model.autoselect_method_seconds = dict(transform_seconds)  # type: ignore[assignment]
-    run_methods(model, data, device=device, progress=progress, reuse=reuse)
+    run_methods(model, data, device=device, progress=progress, reuse=reuse, effort=effort)
     return seen
 
 

@@ -35,7 +35,8 @@ from autoselect.search.objective import ProxyBudget
 
 __all__ = ["FULL_BUDGET", "ConfirmResult", "confirm", "config_from_dict"]
 
-FULL_BUDGET = ProxyBudget(steps=300, batch_size=128, lr=0.001, warmup_steps=20, eval_every=300, calib_images=1024)
+FULL_BUDGET = ProxyBudget(steps=300, batch_size=128, lr=0.001, warmup_steps=20, eval_every=300, calib_images=1024,
+                          rounding_effort=1.0)
 
 
 @dataclass

@@ -55,10 +55,17 @@ class ProxyBudget:
     warmup_steps: int = 5
     eval_every: int = 20
     calib_images: int = 256
+    # the fraction of a learned rounding's steps (AdaRound, block reconstruction) a trial runs where it learns one
+    # (roundings the profile learned are reused at full length): 0.2, as the proxy trains 60 of the full run's 300
+    # steps. Matters in a bit-width search, whose trials learn the roundings of the layers they put at low bit-widths
+    # (experiments/RESULTS.md, issue 14). The emitted plan is calibrated at full length by train, ptq and export.
+    rounding_effort: float = 0.2
 
     def __post_init__(self) -> None:
         if self.steps < 0 or self.batch_size < 1 or self.eval_every < 1 or self.calib_images < 1:
             raise AutoselectError("proxy budget: steps >= 0, batch size, eval interval and calibration images >= 1")
+        if not 0 < self.rounding_effort <= 1:
+            raise AutoselectError(f"proxy budget: rounding effort must be in (0, 1], got {self.rounding_effort}")
 
 
 @dataclass
@@ -126,7 +133,8 @@ class TrialEvaluator:
         if base is None:
             t0 = time.perf_counter()
             base = calibrated_model(self.model, specs, self.graph, self.calib.batches(128, device=self.device),
-                                    target=plan.target, device=self.device, reuse=self._reuse)
+                                    target=plan.target, device=self.device, reuse=self._reuse,
+                                    effort=self.budget.rounding_effort)
             self.calib_seconds += time.perf_counter() - t0
         self._calibrated[key] = base  # most recently used last
         while len(self._calibrated) > CALIBRATED_CACHE:

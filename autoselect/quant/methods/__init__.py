@@ -56,7 +56,14 @@ class MethodContext:
     # are quantized otherwise now, or the calibration images differ (the rounding was learned on the inputs it had
     # then); None: every layer is learned
     reuse: dict | None = None
+    # the fraction of each learned method's steps to run (AdaRound's, block reconstruction's): 1 for a plan's
+    # calibration; less where the result only ranks configurations (the search's trials, beside a shortened QAT)
+    effort: float = 1.0
     _keys: dict = field(default_factory=dict)  # path -> its rounding_key before the method changed the weight
+
+    def steps(self, default: int) -> int:
+        """A learned method's step count at this context's :attr:`effort`."""
+        return max(1, round(default * self.effort))
 
     def layer(self, path: str) -> QuantLayer:
         ql = self.model.get_submodule(path)
@@ -202,18 +209,19 @@ def run_transforms(model: nn.Module, data: Iterable, *, device: torch.device | s
 
 
 def run_methods(model: nn.Module, data: Iterable, *, device: torch.device | str = "cpu",
-                progress: bool = False, reuse: dict | None = None) -> dict[str, float]:
+                progress: bool = False, reuse: dict | None = None, effort: float = 1.0) -> dict[str, float]:
     """Apply every registered rounding and correction method to the layers whose spec asks for it; returns seconds
     per method run (kept, with the transforms', in ``model.autoselect_method_seconds``). ``model`` must be
-    calibrated and is left in quant mode."""
-    seconds = _run(model, data, ("rounding", "correction"), device, progress, reference=True, reuse=reuse)
+    calibrated and is left in quant mode. ``effort``: :attr:`MethodContext.effort`."""
+    seconds = _run(model, data, ("rounding", "correction"), device, progress, reference=True, reuse=reuse,
+                   effort=effort)
     model.autoselect_method_seconds = {**getattr(model, "autoselect_method_seconds", {}),  # type: ignore[assignment]
                                        **seconds}
     return seconds
 
 
 def _run(model: nn.Module, data: Iterable, kinds: tuple[str, ...], device: torch.device | str, progress: bool, *,
-         reference: bool, reuse: dict | None = None) -> dict[str, float]:
+         reference: bool, reuse: dict | None = None, effort: float = 1.0) -> dict[str, float]:
     from autoselect.quant.simulate import quant_layers, set_mode
 
     layers = {p: ql for p, ql in quant_layers(model).items() if ql.spec is not None}
@@ -233,7 +241,8 @@ def _run(model: nn.Module, data: Iterable, kinds: tuple[str, ...], device: torch
             set_mode(model, mode)
             method.run(MethodContext(model=model, reference=ref, paths=paths, data=data,
                                      device=torch.device(device), progress=progress,
-                                     graph=getattr(model, "autoselect_graph", None), reuse=reuse))
+                                     graph=getattr(model, "autoselect_graph", None), reuse=reuse,
+                                     effort=effort))
             seconds[method.name] = time.perf_counter() - t0
     set_mode(model, mode)
     return seconds

@@ -255,5 +255,5 @@ def _run(ctx: MethodContext) -> None:
             x_fp = layer_inputs(ctx.reference, path, ctx.data, ctx.device)
         else:
             x_q, x_fp = inputs_q(block, path), inputs_fp(block, path)
-        adaround_layer(ql, x_q, x_fp, ctx.reference_layer(path), iterations=ITERATIONS, seed=i)
+        adaround_layer(ql, x_q, x_fp, ctx.reference_layer(path), iterations=ctx.steps(ITERATIONS), seed=i)
         ctx.keep(path)
