@@ -70,6 +70,9 @@ class TrialSetup:
     threads: int = 1  # torch threads per trial (run_ray sets it from the trial's CPUs)
     gpus: float = 0.0
     ptq_cache: dict[str, tuple[float, str]] | None = None  # the driver's step-0 results per configuration
+    # the driver's learned roundings (the profile's, MethodContext.reuse): a trial reuses them as it would locally,
+    # instead of learning them again at the proxy's shorter rounding effort
+    reuse: dict | None = None
 
 
 @dataclass
@@ -124,7 +127,7 @@ def _trainable(config: dict[str, Any], setup: TrialSetup, latency: Any) -> None:
     device = "cuda" if setup.gpus > 0 and torch.cuda.is_available() else "cpu"
     evaluator = TrialEvaluator(setup.model, setup.graph, setup.train, setup.val, setup.budget,
                                _RemoteLatency(latency), device=device, seed=setup.seed,  # type: ignore[arg-type]
-                               ptq_cache=setup.ptq_cache)
+                               ptq_cache=setup.ptq_cache, reuse=dict(setup.reuse or {}))
     node = ray.get_runtime_context().get_node_id()
     for data in (setup.train, setup.val):
         check = getattr(data, "check_readable", None)

@@ -400,7 +400,7 @@ def _search(cfg: SearchConfig, prepared: Any = None) -> SearchResult:
         from autoselect.search.ray_backend import TrialSetup, run_ray
 
         setup = TrialSetup(model=lm.model, graph=graph, train=train, val=val, budget=cfg.proxy, make_plan=make_plan,
-                           seed=cfg.seed, ptq_cache=evaluator.ptq_cache)
+                           seed=cfg.seed, ptq_cache=evaluator.ptq_cache, reuse=reuse)
         r = cfg.ray
         ray_run = run_ray(study, parameters=parameters, setup=setup, latency=latency, n_trials=cfg.trials,
                           warm_start=starts, pruner=pruner, address=r.address, max_concurrent=r.max_concurrent,

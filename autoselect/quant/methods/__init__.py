@@ -104,7 +104,9 @@ def fixed_rounding(ql: QuantLayer) -> tuple[torch.Tensor, torch.Tensor, torch.Te
     scale, zp = ql.weight_qparams()
     w = ql.effective_weight().detach()
     shape = [-1] + [1] * (w.dim() - 1) if scale.dim() else []
-    return (torch.round(w / scale.view(shape).to(w)) + zp.view(shape).to(w)).cpu(), scale.clone(), zp.clone()
+    # on the CPU: a search ships them to its Ray trials, which may run where the driver's device is not
+    return (torch.round(w / scale.view(shape).to(w)) + zp.view(shape).to(w)).cpu(), scale.cpu().clone(), \
+        zp.cpu().clone()
 
 
 @dataclass(frozen=True)
