@@ -247,14 +247,15 @@ def export(
                            # fully connected layers write float, as simulated (see simulate._float_gemm_output)
                            "OpTypesToExcludeOutputQuantization": ["Gemm"]},
         )
-        if quant_format == "qdq" and shared:
+        unsimulated: list[str] = []
+        if quant_format == "qdq":  # the QDQ graph, read once: rewired where needed, then checked
             proto = onnx.load(str(tmp))
-            if _read_shared_inputs_quantized(proto.graph, shared):
+            if shared and _read_shared_inputs_quantized(proto.graph, shared):
                 onnx.save_model(proto, str(tmp))
+            unsimulated = _unsimulated_grids(proto.graph, overrides)
     return ExportResult(fp32_path=fp32_path, int8_path=int8_path, fp32_bytes=fp32_path.stat().st_size,
                         int8_bytes=int8_path.stat().st_size, quantized_layers=len(layers) - len(fp32_layers),
-                        fp32_layers=fp32_layers,
-                        unsimulated_grids=_unsimulated_grids(int8_path, overrides) if quant_format == "qdq" else [])
+                        fp32_layers=fp32_layers, unsimulated_grids=unsimulated)
 
 
 def _read_shared_inputs_quantized(graph: Any, tensors: set[str]) -> int:
@@ -303,9 +304,6 @@ def _sort_topologically(graph: Any) -> None:
     graph.node.extend(copies)
 
 
-def _unsimulated_grids(int8_path: Path, overrides: dict[str, list[dict[str, Any]]]) -> list[str]:
-    """Tensors the QDQ model quantizes that have no grid from the simulation."""
-    import onnx
-
-    return sorted({n.input[0] for n in onnx.load(str(int8_path)).graph.node
-                   if n.op_type == "QuantizeLinear" and n.input[0] not in overrides})
+def _unsimulated_grids(graph: Any, overrides: dict[str, list[dict[str, Any]]]) -> list[str]:
+    """Tensors the QDQ model (``graph``, an ONNX GraphProto) quantizes that have no grid from the simulation."""
+    return sorted({n.input[0] for n in graph.node if n.op_type == "QuantizeLinear" and n.input[0] not in overrides})

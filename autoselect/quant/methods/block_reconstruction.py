@@ -210,4 +210,5 @@ def _run(ctx: MethodContext) -> None:
         x_q, x_fp = inputs_q.block_input(name), inputs_fp.block_input(name)
         with torch.no_grad():
             target = torch.cat([ref_block(xb.to(ctx.device)).cpu() for xb in x_fp.split(_EVAL_CHUNK)])
-        reconstruct_block(block, [ctx.layer(p) for p in paths], x_q, x_fp, target, iterations=ctx.steps(ITERATIONS), seed=i)
+        reconstruct_block(block, [ctx.layer(p) for p in paths], x_q, x_fp, target, iterations=ctx.steps(ITERATIONS),
+                          seed=i)
