@@ -1,14 +1,29 @@
-"""Empirical bias correction (Nagel et al. 2019, "Data-Free Quantization", section 4.2; Brevitas'
-``bias_correction_mode``; NNCF's fast bias correction).
+"""Empirical bias correction (Nagel et al. 2019, "Data-Free Quantization", section 4.2; AIMET's empirical
+``correct_bias``; Brevitas' ``bias_correction_mode``; NNCF's fast bias correction).
 
-Quantizing a layer's weight and input shifts the mean of its output per channel: ``E[W_q Q(x)] != E[W x]``.
-In one pass of the quantized model over the calibration images, each selected layer compares, on the input ``x``
-that reaches it, its quantized output with the output of its original float weights (taken before any other
-method ran, so that a rounding method's change is corrected too), and the mean difference per output channel
-becomes ``bias_delta``: the quantized layer adds it, the export folds it into the bias.
+Quantizing a layer's weight and input shifts the mean of its output per channel: ``E[W_q Q(x_q)] != E[W x]``. The
+shift has two parts: the layer's own error, and the shifts the layers before it pass on through its input (their
+errors, and their biases' rounding onto the int32 grid that the simulation and the export keep them on). Two
+corrections, each adding the mean difference per output channel to ``bias_delta`` (the quantized layer adds it, the
+export folds it into the bias):
+
+- ``local``: in one pass, each layer compares its quantized output with its original float weights' output on the
+  same input, the one that reaches it (NNCF's fast bias correction): its own error only;
+- ``sequential``: layer by layer in forward order, each layer's quantized output mean on the calibration images,
+  with every earlier layer already corrected, is matched to the float model's output mean of the same layer (AIMET's
+  empirical correction): the shifts passed on from earlier layers are corrected too. It costs one pass of the float
+  model and one run of each layer on its captured input (:class:`~._capture.BlockInputs`).
+
+The float reference is the copy taken before any method ran, so that a rounding method's change is corrected too.
+Layers are compared before their output grid (a deployable target's requantization after a fused activation).
+:data:`MODE` ``"auto"`` (the default) corrects layers with weights below :data:`SEQUENTIAL_BELOW_BITS` bits
+sequentially and the others locally: on the reference checkpoint, sequential was better at 4-bit weights and a
+little worse at 8 bits (experiments/RESULTS.md, issue 14, "Sequential bias correction").
 """
 
 from __future__ import annotations
+
+from collections.abc import Iterable
 
 import torch
 import torch.nn as nn
@@ -17,16 +32,47 @@ from tqdm.auto import tqdm
 from autoselect.data.batches import split_batch
 from autoselect.quant.layer import QuantLayer
 from autoselect.quant.methods import MethodContext, register_method
+from autoselect.quant.methods._capture import BlockInputs, layer_inputs
 
-__all__: list[str] = []
+__all__ = ["MODES", "MODE", "SEQUENTIAL_BELOW_BITS", "mode_for"]
+
+MODES = ("auto", "sequential", "local")
+# what the registered method does: "auto" corrects layers with weights below SEQUENTIAL_BELOW_BITS bits
+# sequentially and the others locally; experiments/bias_correction_modes.py sets it to compare the modes
+MODE = "auto"
+SEQUENTIAL_BELOW_BITS = 5
+_BATCH = 128
+
+
+def mode_for(ql: QuantLayer) -> str:
+    """The correction a layer gets under :data:`MODE`."""
+    if MODE != "auto":
+        return MODE
+    spec = ql.spec
+    low = spec is not None and spec.weight is not None and spec.weight.bits < SEQUENTIAL_BELOW_BITS
+    return "sequential" if low else "local"
 
 
 def _channel_sum(y: torch.Tensor) -> torch.Tensor:
     return y.transpose(0, 1).reshape(y.shape[1], -1).sum(dim=1) if y.dim() > 2 else y.sum(dim=0)
 
 
+def _count(y: torch.Tensor) -> int:
+    return y.numel() // y.shape[1]
+
+
+def _quantized_output(ql: QuantLayer, x: torch.Tensor) -> torch.Tensor:
+    """The layer's quantized output before its output grid (what its float twin's output is compared with)."""
+    return ql._run(ql.quantize_input(x), ql.quantized_weight())
+
+
+def _add(ql: QuantLayer, delta: torch.Tensor) -> None:
+    delta = delta.to(ql.layer.weight)
+    ql.bias_delta = delta if ql.bias_delta is None else ql.bias_delta + delta
+
+
 class _Collect:
-    """Forward pre-hook: on the layer's input, the summed float and quantized outputs per channel."""
+    """Forward pre-hook (local mode): on the layer's input, the summed float and quantized outputs per channel."""
 
     def __init__(self, ql: QuantLayer, ref: QuantLayer) -> None:
         self.ql, self.ref = ql, ref
@@ -35,18 +81,15 @@ class _Collect:
 
     def __call__(self, module: nn.Module, args: tuple) -> None:
         x = args[0]
-        ql, ref = self.ql, self.ref
-        y_fp = ref.layer(x)  # the original float layer (smoothing, if any, cancels in float)
-        y_q = ql._run(ql.quantize_input(x), ql.quantized_weight())
+        y_fp = self.ref.layer(x)  # the original float layer (smoothing, if any, cancels in float)
+        y_q = _quantized_output(self.ql, x)
         d = _channel_sum(y_fp.float() - y_q.float())
         self.diff = d if self.diff is None else self.diff + d
-        self.count += y_q.numel() // y_q.shape[1]
+        self.count += _count(y_q)
 
 
-@register_method("bias_correction", kind="correction", order=20, selects=lambda spec: spec.bias_correction)
-@torch.no_grad()
-def _run(ctx: MethodContext) -> None:
-    hooks = {p: _Collect(ctx.layer(p), ctx.reference_layer(p)) for p in ctx.paths}
+def _local(ctx: MethodContext, paths: list[str]) -> None:
+    hooks = {p: _Collect(ctx.layer(p), ctx.reference_layer(p)) for p in paths}
     handles = [ctx.layer(p).register_forward_pre_hook(hook) for p, hook in hooks.items()]
     try:
         for batch in tqdm(ctx.data, desc="bias correction", disable=not ctx.progress, leave=False):
@@ -57,6 +100,63 @@ def _run(ctx: MethodContext) -> None:
             handle.remove()
     for p, hook in hooks.items():
         if hook.diff is not None and hook.count:
-            ql = ctx.layer(p)
-            delta = (hook.diff / hook.count).to(ql.layer.weight)
-            ql.bias_delta = delta if ql.bias_delta is None else ql.bias_delta + delta
+            _add(ctx.layer(p), hook.diff / hook.count)
+
+
+def _float_means(reference: nn.Module, paths: list[str], data: Iterable,
+                 device: torch.device) -> dict[str, torch.Tensor]:
+    """Each layer's mean output per channel in the float model, in one pass."""
+    sums: dict[str, torch.Tensor] = {}
+    counts = dict.fromkeys(paths, 0)
+
+    def hook(path: str):
+        def grab(module: nn.Module, args: tuple, out: torch.Tensor) -> None:
+            s = _channel_sum(out.double())
+            sums[path] = s if path not in sums else sums[path] + s
+            counts[path] += _count(out)
+        return grab
+
+    handles = [reference.get_submodule(p).register_forward_hook(hook(p)) for p in paths]
+    try:
+        for batch in data:
+            x, _ = split_batch(batch)
+            reference(x.to(device))
+    finally:
+        for handle in handles:
+            handle.remove()
+    return {p: sums[p] / counts[p] for p in paths if counts[p]}
+
+
+def _sequential(ctx: MethodContext, paths: list[str]) -> None:
+    target = _float_means(ctx.reference, paths, ctx.data, ctx.device)
+    blocks = {info.path: info.block for info in ctx.graph} if ctx.graph is not None else {}
+    inputs = BlockInputs(ctx.model, ctx.data, ctx.device)
+    for path in tqdm(paths, desc="bias correction", disable=not ctx.progress, leave=False):
+        if path not in target:
+            continue
+        ql = ctx.layer(path)
+        block = blocks.get(path)
+        x = inputs(block, path) if block is not None else layer_inputs(ctx.model, path, ctx.data, ctx.device)
+        total: torch.Tensor | None = None
+        count = 0
+        for xb in x.split(_BATCH):
+            y = _quantized_output(ql, xb.to(ctx.device))
+            s = _channel_sum(y.double())
+            total = s if total is None else total + s
+            count += _count(y)
+        if total is not None:
+            _add(ql, (target[path] - total / count).float())
+
+
+@register_method("bias_correction", kind="correction", order=20, selects=lambda spec: spec.bias_correction)
+@torch.no_grad()
+def _run(ctx: MethodContext) -> None:
+    if MODE not in MODES:
+        raise ValueError(f"bias correction mode must be one of {MODES}, got {MODE!r}")
+    modes = {p: mode_for(ctx.layer(p)) for p in ctx.paths}
+    local = [p for p in ctx.paths if modes[p] == "local"]
+    sequential = [p for p in ctx.paths if modes[p] == "sequential"]
+    if local:  # each layer's own error, whatever reaches it: before the sequential pass measures what is left
+        _local(ctx, local)
+    if sequential:
+        _sequential(ctx, sequential)
