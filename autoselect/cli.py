@@ -644,12 +644,13 @@ def _print_confirm(c: dict) -> None:
         f"{c['spearman_proxy_vs_full']:.2f}"
     print(f"confirmed at the full budget ({c['budget']['steps']} steps x {c['budget']['batch_size']}), "
           f"{c['plans']} plans, {c['seconds']:.0f} s; proxy vs full Spearman {rho}")
-    if c.get("spearman_full_retest") is not None:
+    if c.get("seeds", 1) > 1:
+        retest = c.get("spearman_full_retest")
         one = c.get("spearman_proxy_vs_one_run")
         like = "" if one is None else f"; the proxy against one full run: {one:.2f} (mean over the seeds)"
-        print(f"  the full budget against itself ({c['seeds']} training seeds): Spearman "
-              f"{c['spearman_full_retest']:.2f}{like}; it tells apart {c['separated_pairs']} of {c['pairs']} plan "
-              "pairs (paired test, same order at every seed)")
+        rank = "n/a (a seed ranked every plan alike, or fewer than 3 plans)" if retest is None else f"{retest:.2f}"
+        print(f"  the full budget against itself ({c['seeds']} training seeds): Spearman {rank}{like}; it tells "
+              f"apart {c['separated_pairs']} of {c['pairs']} plan pairs (paired test, same order at every seed)")
     for r in c["ranking"]:
         print(f"  {r['label']:12s} {r['full_top1']:6.2f}%  retrained {100 * r['retrained']:5.1f}%")
     same = "the same as the proxy's" if c["same_choice"] else f"the proxy chose {c['chosen_by_proxy']}"
