@@ -86,6 +86,10 @@ class MethodContext:
         if self.reuse is not None and path in self._keys:
             self.reuse[self._keys.pop(path)] = fixed_rounding(self.layer(path))
 
+    def block_of(self, path: str) -> str | None:
+        """The block (``LayerInfo.block``) layer ``path`` belongs to; None without a layer graph."""
+        return self.graph[path].block if self.graph is not None and path in self.graph else None
+
     def reference_layer(self, path: str) -> QuantLayer:
         ql = self.reference.get_submodule(path)
         assert isinstance(ql, QuantLayer)

@@ -82,9 +82,11 @@ class BlockInputs:
         assert self.x is not None
         return self.x
 
-    def __call__(self, block: str, path: str) -> torch.Tensor:
+    def __call__(self, block: str | None, path: str) -> torch.Tensor:
         """The input of layer ``path`` (inside ``block``) over all calibration images, with the model as it is
-        now (earlier layers' methods applied)."""
+        now (earlier layers' methods applied); ``block`` None (no layer graph): the whole prefix is run for it."""
+        if block is None:
+            return layer_inputs(self.model, path, self.data, self.device)
         self._advance(block)
         assert self.x is not None
         module = self.model.get_submodule(block)

@@ -35,7 +35,7 @@ from tqdm.auto import tqdm
 from autoselect.quant.dwconv import is_depthwise
 from autoselect.quant.layer import QuantLayer
 from autoselect.quant.methods import MethodContext, register_method
-from autoselect.quant.methods._capture import BlockInputs, layer_inputs
+from autoselect.quant.methods._capture import BlockInputs
 
 __all__ = ["ITERATIONS", "POSITIONS", "adaround_layer"]
 
@@ -243,17 +243,12 @@ def adaround_layer(ql: QuantLayer, x_q: torch.Tensor, x_fp: torch.Tensor, refere
 @register_method("adaround", kind="rounding", order=10, selects=lambda spec: spec.rounding == "adaround"
                  and spec.weight is not None)
 def _run(ctx: MethodContext) -> None:
-    blocks = {info.path: info.block for info in ctx.graph} if ctx.graph is not None else {}
     inputs_q, inputs_fp = BlockInputs(ctx.model, ctx.data, ctx.device), BlockInputs(ctx.reference, ctx.data, ctx.device)
     for i, path in enumerate(tqdm(ctx.paths, desc="adaround", disable=not ctx.progress, leave=False)):
         if ctx.reused(path):
             continue
         ql = ctx.layer(path)
-        block = blocks.get(path)
-        if block is None:  # no layer graph: the whole prefix, per layer
-            x_q = layer_inputs(ctx.model, path, ctx.data, ctx.device)
-            x_fp = layer_inputs(ctx.reference, path, ctx.data, ctx.device)
-        else:
-            x_q, x_fp = inputs_q(block, path), inputs_fp(block, path)
+        block = ctx.block_of(path)
+        x_q, x_fp = inputs_q(block, path), inputs_fp(block, path)
         adaround_layer(ql, x_q, x_fp, ctx.reference_layer(path), iterations=ctx.steps(ITERATIONS), seed=i)
         ctx.keep(path)

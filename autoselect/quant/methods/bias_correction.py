@@ -32,7 +32,7 @@ from tqdm.auto import tqdm
 from autoselect.data.batches import split_batch
 from autoselect.quant.layer import QuantLayer
 from autoselect.quant.methods import MethodContext, register_method
-from autoselect.quant.methods._capture import BlockInputs, layer_inputs
+from autoselect.quant.methods._capture import BlockInputs
 
 __all__ = ["MODES", "MODE", "SEQUENTIAL_BELOW_BITS", "mode_for"]
 
@@ -129,14 +129,12 @@ def _float_means(reference: nn.Module, paths: list[str], data: Iterable,
 
 def _sequential(ctx: MethodContext, paths: list[str]) -> None:
     target = _float_means(ctx.reference, paths, ctx.data, ctx.device)
-    blocks = {info.path: info.block for info in ctx.graph} if ctx.graph is not None else {}
     inputs = BlockInputs(ctx.model, ctx.data, ctx.device)
     for path in tqdm(paths, desc="bias correction", disable=not ctx.progress, leave=False):
         if path not in target:
             continue
         ql = ctx.layer(path)
-        block = blocks.get(path)
-        x = inputs(block, path) if block is not None else layer_inputs(ctx.model, path, ctx.data, ctx.device)
+        x = inputs(ctx.block_of(path), path)
         total: torch.Tensor | None = None
         count = 0
         for xb in x.split(_BATCH):

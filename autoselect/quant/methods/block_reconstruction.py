@@ -194,10 +194,9 @@ def reconstruct_block(block: nn.Module, layers: list[QuantLayer], x_q: torch.Ten
 
 def _blocks(ctx: MethodContext) -> list[tuple[str, list[str]]]:
     """The selected layers grouped by block, blocks in forward order (no layer graph: each layer its own block)."""
-    of = {info.path: info.block for info in ctx.graph} if ctx.graph is not None else {}
     groups: dict[str, list[str]] = {}
     for path in ctx.paths:
-        groups.setdefault(of.get(path, path), []).append(path)
+        groups.setdefault(ctx.block_of(path) or path, []).append(path)
     return list(groups.items())
 
 
