@@ -10,7 +10,7 @@ from _common import RESULTS, SHARED
 from autoselect.prepare import prepare
 from autoselect.plan import load_plan
 from autoselect.models.graph import build_layer_graph
-from autoselect.quant.apply import apply_plan
+from autoselect.quant.apply import apply_plan, plan_specs
 from autoselect.quant.simulate import quant_layers, quantize_model, set_mode
 from autoselect.quant.methods import MethodContext, run_transforms
 from autoselect.quant.methods import bias_correction as bc
@@ -32,7 +32,6 @@ for seed in map(int, sys.argv[1:]):
     frozen = [p for p, l in quant_layers(q).items() if l.spec is not None and l.spec.bias_correction
               and not any(x.requires_grad for x in l.parameters())]
     # the float reference: the same BN-folded, equalized float model (equalization is data-free)
-    from autoselect.quant.apply import plan_specs
     specs, _ = plan_specs(plan, graph)
     ref = quantize_model(lm.model, specs, graph=graph, integer_graph=False)
     run_transforms(ref, calib.batches(128))
