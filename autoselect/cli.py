@@ -163,6 +163,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--weight-decay", type=float, default=0.0,
                    help="SGD weight decay of the retrained weights (default none: 5e-4 cost accuracy from the "
                         "post-training state)")
+    p.add_argument("--no-recorrect", action="store_true",
+                   help="keep the frozen layers' bias corrections as calibrated (default: re-match their "
+                        "sequential correction after the last step, the retrained layers in place)")
     p.add_argument("--warmup-steps", type=NONNEG, default=20)
     p.add_argument("--schedule", default="cosine", choices=["cosine", "step"])
     p.add_argument("--calib-images", type=POS, default=1024, help="calibration images from the train split")
@@ -506,7 +509,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
     cfg = QATConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr, step_lr=args.step_lr,
                     warmup_steps=args.warmup_steps, weight_decay=args.weight_decay,
                     schedule=args.schedule, checkpoint=str(out / "qat.pt"), checkpoint_every=args.checkpoint_every,
-                    seed=args.seed, distill=args.distill, dampen=args.dampen)
+                    seed=args.seed, distill=args.distill, dampen=args.dampen,
+                    recorrect=not args.no_recorrect)
     if args.resume and not (out / "qat.pt").is_file():
         raise AutoselectError(f"nothing to resume: {out / 'qat.pt'} does not exist")
     prep = _prepare(args, train_images=args.train_images, test_images=args.eval_images)
@@ -527,13 +531,18 @@ def _cmd_train(args: argparse.Namespace) -> int:
     frac = retrained_fraction(qmodel)
     ptq = None if args.resume else accuracy(qmodel, prep.test.batches(512, device=device), device=device)
     res = train_qat(qmodel, prep.train, prep.test, cfg, resume=args.resume, device=device, progress=not args.quiet,
-                    teacher=lm.model if args.distill > 0 else None)
+                    teacher=lm.model if args.distill > 0 else None,
+                    calibration=calib.batches(args.batch_size, device=device))
     summary = {"plan": args.plan, "model": args.model, "target": plan.target, "retrained_fraction": frac,
                "steps": res.steps, "resumed_from": res.resumed_from, "ptq_top1": ptq, "int8_top1_simulated": res.top1,
+               "recorrected_layers": len(res.recorrected), "top1_before_recorrect": res.top1_before_recorrect,
                "test_images": len(prep.test)}
     with atomic_path(out / "result.json") as tmp:
         tmp.write_text(json.dumps(summary, indent=2) + "\n")
     before = f"PTQ {ptq:.2f}% -> " if ptq is not None else ""
+    if res.top1_before_recorrect is not None:
+        before += (f"{res.top1_before_recorrect:.2f}% trained -> {len(res.recorrected)} frozen layers' bias "
+                   f"correction re-matched -> ")
     print(f"{plan_name}: {100 * frac:.1f}% of parameters retrained, {res.steps} steps; simulated INT8 top-1 "
           f"{before}{res.top1:.2f}% on {len(prep.test)} test images -> {out}")
     return 0

@@ -208,3 +208,50 @@ def test_mixed_precision_keeps_quantized_layers_in_float32(digits):
     assert not uses_autocast(QATConfig(), torch.device("cpu"))  # "auto" is CUDA only
     with pytest.raises(AutoselectError, match="autocast"):
         QATConfig(autocast="fp8")
+
+
+def _mean_gap(q, path, target, calib):
+    """Largest per-channel gap between ``path``'s quantized output mean (before its output grid) and ``target``,
+    relative to the target's largest mean."""
+    from autoselect.quant.methods._capture import layer_inputs
+    from autoselect.quant.methods.bias_correction import _quantized_output
+
+    ql = q.get_submodule(path)
+    with torch.no_grad():
+        y = _quantized_output(ql, layer_inputs(q, path, calib, torch.device("cpu"))).double()
+    mean = y.transpose(0, 1).flatten(1).mean(1) if y.dim() > 2 else y.mean(0)
+    return float((mean - target).abs().max() / target.abs().max())
+
+
+def test_training_rematches_the_frozen_layers_bias_correction_after_the_retrained_ones(digits):
+    from dataclasses import replace
+
+    from autoselect.quant.methods.bias_correction import recorrectable
+
+    train, _ = digits
+    frozen = LayerAction(weight_bits=3, rounding="nearest")  # below 5 bits: corrected sequentially
+    plan = Plan(layers={"blocks.0.conv.0": replace(frozen, kind="qat"), "_default": frozen})
+    calib = list(train.batches(64))
+    cfg = QATConfig(steps=10, batch_size=32, lr=0.05, warmup_steps=2)
+    runs = {}
+    for recorrect in (True, False):
+        q = apply_plan(tiny_net(), plan, calib)
+        targets = dict(q.autoselect_bias_targets)
+        after = recorrectable(q)
+        # every frozen layer after the retrained one; not the stem before it, not the retrained layer itself
+        assert after[0] == "blocks.0.conv.3" and "stem.0" in targets and "stem.0" not in after
+        assert "blocks.0.conv.0" not in after and after[-1] == "head"
+        trained = q.get_submodule("blocks.0.conv.0").layer
+
+        def drift(step: int) -> bool:  # what training may do to the retrained layer: shift its outputs' means
+            with torch.no_grad():
+                trained.bias.add_(0.3 * trained.bias.abs().mean())
+            return False
+
+        res = train_qat(q, train, None, replace(cfg, recorrect=recorrect), calibration=calib, callback=drift)
+        assert res.recorrected == (after if recorrect else [])
+        runs[recorrect] = max(_mean_gap(q, p, targets[p], calib) for p in after)
+    # re-matched: every frozen layer's mean is the float model's up to its bias's int32 rounding, as at calibration;
+    # left as calibrated, the retrained layer's change reaches the layers after it
+    assert runs[True] < 0.005, runs
+    assert runs[False] > 5 * runs[True], runs

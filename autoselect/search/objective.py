@@ -197,7 +197,8 @@ class TrialEvaluator:
 
         cfg = QATConfig(steps=b.steps, batch_size=b.batch_size, lr=b.lr, warmup_steps=min(b.warmup_steps, b.steps),
                         seed=self.train_seed)
-        train_qat(qmodel, self.train, None, cfg, callback=callback, device=self.device)
+        train_qat(qmodel, self.train, None, cfg, callback=callback, device=self.device,
+                  calibration=self.calib.batches(128, device=self.device))
         if pruned:
             raise pruned[0]
         top1, hits = self.val_result(qmodel)

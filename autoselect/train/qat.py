@@ -5,6 +5,8 @@ SGD with momentum and weight decay for the weights and biases, a linear warm-up 
 of layers that learn them (LSQ, :mod:`autoselect.quant.lsq`, the plans' default for ``qat`` layers); optionally
 distillation from the FP32 model. Checkpoints are written atomically every ``checkpoint_every`` steps and at the
 end; ``resume=True`` continues from the checkpoint at the same step, with the same data order, as if never interrupted.
+Given the calibration images, the frozen layers' sequential bias corrections are matched again after the last step,
+with the retrained layers in place (:func:`~autoselect.quant.methods.bias_correction.recorrect_frozen`).
 
 Frozen layers cost nothing in backward: autograd computes no weight gradient for them and stops at the first
 trainable layer (nothing before it requires a gradient).
@@ -17,7 +19,7 @@ in the default format afterwards.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,6 +34,7 @@ from autoselect.data.types import Images, as_images
 from autoselect.errors import AutoselectError, first_line
 from autoselect.evaluate import accuracy
 from autoselect.quant.apply import quantizer_params as _quantizer_params
+from autoselect.quant.methods.bias_correction import recorrect_frozen, recorrectable
 
 __all__ = ["QATConfig", "QATResult", "dampening_loss", "load_qat_checkpoint", "train_qat", "uses_autocast",
            "uses_channels_last"]
@@ -68,6 +71,9 @@ class QATConfig:
     # "auto" uses bfloat16 autocast on CUDA devices that support it, "off" never, "bf16" on any device (CPU too);
     # quantized layers always compute in float32 (QuantLayer leaves autocast), so their grids stay exact
     autocast: str = "auto"
+    # after the last step, re-match the frozen layers' sequential bias correction (when train_qat is given the
+    # calibration images): what it compensated of the retrained layers before them is stale once they are trained
+    recorrect: bool = True
 
     def __post_init__(self) -> None:
         if self.steps < 1:
@@ -98,6 +104,8 @@ class QATResult:
     top1: float | None
     resumed_from: int
     history: list[dict[str, Any]] = field(default_factory=list)
+    recorrected: list[str] = field(default_factory=list)  # the frozen layers whose bias correction was re-matched
+    top1_before_recorrect: float | None = None  # top-1 on ``test`` before that (when some layer was re-matched)
 
 
 def uses_channels_last(device: torch.device | str) -> bool:
@@ -251,6 +259,7 @@ def train_qat(
     device: torch.device | str = "cpu",
     progress: bool = False,
     teacher: nn.Module | None = None,
+    calibration: Iterable | None = None,
 ) -> QATResult:
     """Train ``qmodel`` in place for ``config.steps`` steps; returns the simulated-INT8 top-1 on ``test``.
 
@@ -258,7 +267,9 @@ def train_qat(
     training; a later call with ``resume=True`` goes on from there. ``callback(step)`` is called after every
     optimizer step (the model is in train mode; it may evaluate and must leave it in train mode); when it returns
     True, training stops there and ``top1`` is None (the search uses it to prune). ``teacher`` (the FP32 model, in
-    eval mode, never trained) is required when ``config.distill`` is above 0.
+    eval mode, never trained) is required when ``config.distill`` is above 0. ``calibration``: the batches the
+    model was calibrated on; with ``config.recorrect``, once the last step is done the frozen layers' sequential
+    bias corrections are re-matched on them (before the checkpoint is written and the model scored).
     """
     cfg = config or QATConfig()
     train = as_images(train)
@@ -328,8 +339,15 @@ def train_qat(
         for m in (qmodel, teacher):
             if m is not None:
                 m.to(memory_format=torch.contiguous_format)
+    done = step >= cfg.steps and not stopped
+    before: float | None = None
+    recorrected: list[str] = []
+    if done and cfg.recorrect and calibration is not None:
+        if test is not None and recorrectable(qmodel):
+            before = accuracy(qmodel, test.batches(512, device=device), device=device)
+        recorrected = recorrect_frozen(qmodel, calibration, device=device, progress=progress)
     if cfg.checkpoint:
         _save(cfg.checkpoint, qmodel, opt, step, history, cfg)
-    done = step >= cfg.steps and not stopped
     top1 = accuracy(qmodel, test.batches(512, device=device), device=device) if test is not None and done else None
-    return QATResult(steps=step, top1=top1, resumed_from=start, history=history)
+    return QATResult(steps=step, top1=top1, resumed_from=start, history=history, recorrected=recorrected,
+                     top1_before_recorrect=before)
