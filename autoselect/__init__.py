@@ -13,6 +13,7 @@ from autoselect.models import LayerGraph, build_layer_graph, create_model, list_
 from autoselect.profiling import SensitivityReport, profile
 from autoselect.ptq import evaluate_ptq
 from autoselect.quant.apply import apply_plan, quantizer_params, retrained_fraction
+from autoselect.quant.methods.bias_correction import recorrect_frozen
 from autoselect.quant import QuantSpec, TensorQuant, calibrate, get_target, quantize_model, set_mode, w8a8
 from autoselect.train import QATConfig, train_baseline, train_qat
 
@@ -44,6 +45,7 @@ __all__ = [
     "register_model",
     "resolve_device",
     "quantizer_params",
+    "recorrect_frozen",
     "retrained_fraction",
     "save_plan",
     "set_mode",
