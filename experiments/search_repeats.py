@@ -7,6 +7,9 @@ would have chosen from the same trials. Reported per seed and over the seeds: ea
 fraction, proxy and full-budget top-1), the full budget's best feasible plan, the proxy-vs-full Spearman, and, per
 group, in how many seeds each rule's plan retrained it. ``OUT/repeats.json``, ``OUT/repeats.png``.
 
+``--bc-mode local`` runs the searches and confirms with the bias correction of sessions 15-17 (local in every layer;
+no frozen layer is then re-matched after training), so that a seed added later stays like for like with them.
+
     python experiments/search_repeats.py --seeds 0 1 2 --out experiments/results/repeats_w4a4 -- \
         --model mobilenet_v2 --weights ../shared/fixtures/mobilenet_v2_cifar10_fp32.pt --data ../shared/datasets/cifar10 \
         --target generic --weight-bits 4 --act-bits 4 --trials 16 --val-images 2000 --max-retrained 0.1 --latency cost
@@ -26,6 +29,7 @@ from _common import save_result
 
 from autoselect.cli import main as cli
 from autoselect.profiling.plots import _pyplot, _save
+from autoselect.quant.methods import bias_correction
 from autoselect.search.confirm import config_from_dict, confirm
 from autoselect.search.noise import unpack
 from autoselect.search.pareto import choose, near_best
@@ -52,9 +56,12 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--top", type=int, default=8, help="plans confirmed besides the rules' choices")
     ap.add_argument("--out", required=True)
+    ap.add_argument("--bc-mode", choices=bias_correction.MODES, default=bias_correction.MODE,
+                    help="bias correction mode (local: the code before session 18)")
     ap.add_argument("search_args", nargs=argparse.REMAINDER, help="after --: the `autoselect search` options")
     args = ap.parse_args()
     extra = [a for a in args.search_args if a != "--"]
+    bias_correction.MODE = args.bc_mode
     out = Path(args.out)
     per_seed, counts = [], {rule: {} for rule in RULES}
     for seed in args.seeds:
@@ -106,6 +113,7 @@ def main() -> None:
               f"full budget's best {agg[rule]['picked_best']}/{len(per_seed)}, a plan tied with it "
               f"{agg[rule]['picked_a_tie_of_best']}/{len(per_seed)}; groups retrained: {agg[rule]['groups_retrained']}")
     save_result(out / "repeats.json", {"date": date.today().isoformat(), "search_args": extra, "top": args.top,
+                                       "bc_mode": args.bc_mode,
                                        "seeds": per_seed, "rules": agg})
     _plot(per_seed, agg, out / "repeats.png")
 
