@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import pytest
 import math
+from dataclasses import replace
 
 import torch
 
@@ -129,7 +130,6 @@ def test_distillation_needs_a_teacher_and_trains_without_labels(digits):
         train_qat(apply_plan(fp32, plan, train.batches(64)), train, None, QATConfig(steps=2, distill=1.0))
     with pytest.raises(AutoselectError, match="distill must be between 0 and 1"):
         QATConfig(distill=1.5)
-    from dataclasses import replace
 
     scrambled = replace(train, labels=torch.randint(0, 10, (len(train),), generator=torch.Generator().manual_seed(0)))
     cfg = QATConfig(steps=60, batch_size=32, lr=0.001, warmup_steps=5, step_lr=0.01, distill=1.0)
@@ -224,8 +224,6 @@ def _mean_gap(q, path, target, calib):
 
 
 def test_training_rematches_the_frozen_layers_bias_correction_after_the_retrained_ones(digits):
-    from dataclasses import replace
-
     from autoselect.quant.methods.bias_correction import recorrectable
 
     train, _ = digits
@@ -255,3 +253,39 @@ def test_training_rematches_the_frozen_layers_bias_correction_after_the_retraine
     # left as calibrated, the retrained layer's change reaches the layers after it
     assert runs[True] < 0.005, runs
     assert runs[False] > 5 * runs[True], runs
+
+
+def _with_dropout(train):
+    import torch.nn as nn
+
+    model = tiny_net()
+    model.head = nn.Sequential(nn.Dropout(0.5), model.head)  # dropout draws from the random state in training
+    return apply_plan(model, PLAN, train.batches(64))
+
+
+def test_the_same_seed_trains_the_same_model_whatever_ran_before_and_resumes_exactly(digits, tmp_path):
+    import copy
+
+    train, _ = digits
+    start = _with_dropout(train)
+    cfg = QATConfig(steps=20, batch_size=32, warmup_steps=2, seed=3)
+    runs = []
+    for caller_seed in (1, 2):  # the caller's random state differs; the training's must not
+        torch.manual_seed(caller_seed)
+        before = torch.get_rng_state()
+        q = copy.deepcopy(start)
+        train_qat(q, train, None, cfg)
+        assert torch.equal(torch.get_rng_state(), before)  # the caller's random state is left as it was
+        runs.append(q.state_dict())
+    other = copy.deepcopy(start)
+    train_qat(other, train, None, replace(cfg, seed=4))
+    ck = str(tmp_path / "qat.pt")
+    resumed = copy.deepcopy(start)
+    train_qat(resumed, train, None, replace(cfg, checkpoint=ck), stop_at=7)  # "killed" mid-epoch
+    torch.manual_seed(99)
+    train_qat(resumed, train, None, replace(cfg, checkpoint=ck), resume=True)
+    for n, a in runs[0].items():
+        torch.testing.assert_close(runs[1][n], a, rtol=0, atol=0, msg=n)
+        torch.testing.assert_close(resumed.state_dict()[n], a, rtol=0, atol=0, msg=n)
+    trained = [n for n in runs[0] if n.endswith("weight") and not torch.equal(start.state_dict()[n], runs[0][n])]
+    assert trained and any(not torch.equal(other.state_dict()[n], runs[0][n]) for n in trained)  # another seed differs

@@ -19,7 +19,8 @@ in the default format afterwards.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -161,12 +162,40 @@ class _Optimizers:
             self.adam.load_state_dict(state["adam"])
 
 
-def _save(path: str, qmodel: nn.Module, opt: _Optimizers, step: int, history: list, cfg: QATConfig) -> None:
+def _rng_devices(dev: torch.device) -> list[int]:
+    if dev.type != "cuda":
+        return []
+    return [dev.index if dev.index is not None else torch.cuda.current_device()]
+
+
+def _rng_state(dev: torch.device) -> list[torch.Tensor]:
+    """The random state training draws from (dropout): the CPU generator's, and the CUDA device's where it runs."""
+    return [torch.get_rng_state()] + [torch.cuda.get_rng_state(d) for d in _rng_devices(dev)]
+
+
+@contextmanager
+def _training_rng(dev: torch.device, start: int | list[torch.Tensor]) -> Iterator[None]:
+    """Training draws its random numbers (dropout masks) from ``start`` (a seed, or a state from
+    :func:`_rng_state`), so that the same seed trains the same model whatever ran before; the caller's random
+    state is restored afterwards."""
+    with torch.random.fork_rng(devices=_rng_devices(dev)):
+        if isinstance(start, int):
+            torch.manual_seed(start)
+        else:
+            torch.set_rng_state(start[0])
+            for d, state in zip(_rng_devices(dev), start[1:]):
+                torch.cuda.set_rng_state(state, d)
+        yield
+
+
+def _save(path: str, qmodel: nn.Module, opt: _Optimizers, step: int, history: list, cfg: QATConfig,
+          rng: list[torch.Tensor]) -> None:
     with atomic_path(path) as tmp:
         plan = getattr(qmodel, "autoselect_plan", None)
         torch.save({"kind": "autoselect-qat", "step": step, "model": qmodel.state_dict(),
                     "target": plan.target if plan is not None else None,
-                    "optimizer": opt.state_dict(), "history": history, "steps": cfg.steps, "seed": cfg.seed}, tmp)
+                    "optimizer": opt.state_dict(), "history": history, "steps": cfg.steps, "seed": cfg.seed,
+                    "rng": rng}, tmp)
 
 
 def load_qat_checkpoint(path: str | Path, qmodel: nn.Module, *, target: str | None) -> dict[str, Any]:
@@ -191,7 +220,7 @@ def load_qat_checkpoint(path: str | Path, qmodel: nn.Module, *, target: str | No
     return ck
 
 
-def _load(path: str, qmodel: nn.Module, opt: _Optimizers, cfg: QATConfig) -> tuple[int, list]:
+def _load(path: str, qmodel: nn.Module, opt: _Optimizers, cfg: QATConfig) -> tuple[int, list, Any]:
     plan = getattr(qmodel, "autoselect_plan", None)
     ck = load_qat_checkpoint(path, qmodel, target=plan.target if plan is not None else None)
     if ck.get("seed") != cfg.seed or ck.get("steps") != cfg.steps:
@@ -201,7 +230,7 @@ def _load(path: str, qmodel: nn.Module, opt: _Optimizers, cfg: QATConfig) -> tup
         opt.load_state_dict(ck["optimizer"])
     except (KeyError, ValueError) as exc:
         raise AutoselectError(f"checkpoint {path} does not fit this plan/model: {first_line(exc)}") from None
-    return int(ck["step"]), list(ck.get("history", []))
+    return int(ck["step"]), list(ck.get("history", [])), ck.get("rng")
 
 
 def _teacher_probs(teacher: nn.Module | None, x: torch.Tensor, distill: float) -> torch.Tensor | None:
@@ -290,50 +319,55 @@ def train_qat(
         teacher.eval()
     opt = _Optimizers(qmodel, cfg)
     start, history = 0, []  # type: tuple[int, list[dict[str, Any]]]
+    loaded_rng: Any = None
     if resume:
         if cfg.checkpoint is None:
             raise AutoselectError("resume needs a checkpoint path")
         if Path(cfg.checkpoint).is_file():
-            start, history = _load(cfg.checkpoint, qmodel, opt, cfg)
+            start, history, loaded_rng = _load(cfg.checkpoint, qmodel, opt, cfg)
+            if loaded_rng is None:  # a checkpoint from before the random state was kept: reproducible, not exact
+                loaded_rng = cfg.seed + start
     per_epoch = max(1, len(train.batches(cfg.batch_size, device=device)))
     end = cfg.steps if stop_at is None else min(cfg.steps, stop_at)
     step = start
     stopped = False
-    bar = tqdm(total=cfg.steps, initial=start, desc="qat", disable=not progress)
-    qmodel.train()
-    while step < end:
-        epoch, skip = divmod(step, per_epoch)
-        batches = train.batches(cfg.batch_size, device=device, shuffle=True, augment=True, seed=cfg.seed + epoch)
-        for i, (x, y) in enumerate(batches):
-            if i < skip:
-                continue
-            if step >= end:
-                break
-            lr = opt.schedule(step)
-            opt.zero_grad()
-            if channels_last:
-                x = x.contiguous(memory_format=torch.channels_last)
-            with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=mixed):
-                logits = qmodel(x)
-                target = _teacher_probs(teacher, x, cfg.distill)
-            loss = _loss(logits.float(), y, target, cfg.distill)
-            if cfg.dampen > 0:
-                ramp = 0.5 * (1.0 - math.cos(math.pi * min(1.0, step / max(1, cfg.steps - 1))))
-                loss = loss + cfg.dampen * ramp * dampening_loss(qmodel)
-            loss.backward()
-            opt.step()
-            step += 1
-            bar.update(1)
-            if step % 10 == 0:
-                history.append({"step": step, "loss": loss.item(), "lr": lr})
-                bar.set_postfix(loss=f"{loss.item():.3f}")
-            if cfg.checkpoint and step % cfg.checkpoint_every == 0 and step < end:
-                _save(cfg.checkpoint, qmodel, opt, step, history, cfg)
-            if callback is not None and callback(step):
-                end = step
-                stopped = True
-                break
-    bar.close()
+    with _training_rng(dev, cfg.seed if loaded_rng is None else loaded_rng):
+        bar = tqdm(total=cfg.steps, initial=start, desc="qat", disable=not progress)
+        qmodel.train()
+        while step < end:
+            epoch, skip = divmod(step, per_epoch)
+            batches = train.batches(cfg.batch_size, device=device, shuffle=True, augment=True, seed=cfg.seed + epoch)
+            for i, (x, y) in enumerate(batches):
+                if i < skip:
+                    continue
+                if step >= end:
+                    break
+                lr = opt.schedule(step)
+                opt.zero_grad()
+                if channels_last:
+                    x = x.contiguous(memory_format=torch.channels_last)
+                with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=mixed):
+                    logits = qmodel(x)
+                    target = _teacher_probs(teacher, x, cfg.distill)
+                loss = _loss(logits.float(), y, target, cfg.distill)
+                if cfg.dampen > 0:
+                    ramp = 0.5 * (1.0 - math.cos(math.pi * min(1.0, step / max(1, cfg.steps - 1))))
+                    loss = loss + cfg.dampen * ramp * dampening_loss(qmodel)
+                loss.backward()
+                opt.step()
+                step += 1
+                bar.update(1)
+                if step % 10 == 0:
+                    history.append({"step": step, "loss": loss.item(), "lr": lr})
+                    bar.set_postfix(loss=f"{loss.item():.3f}")
+                if cfg.checkpoint and step % cfg.checkpoint_every == 0 and step < end:
+                    _save(cfg.checkpoint, qmodel, opt, step, history, cfg, _rng_state(dev))
+                if callback is not None and callback(step):
+                    end = step
+                    stopped = True
+                    break
+        bar.close()
+        rng_state = _rng_state(dev)  # the checkpoint's: a resumed run draws what this one would have
     qmodel.eval()
     if channels_last:  # both models back in the default format (the teacher is the caller's FP32 model)
         for m in (qmodel, teacher):
@@ -347,7 +381,7 @@ def train_qat(
             before = accuracy(qmodel, test.batches(512, device=device), device=device)
         recorrected = recorrect_frozen(qmodel, calibration, device=device, progress=progress)
     if cfg.checkpoint:
-        _save(cfg.checkpoint, qmodel, opt, step, history, cfg)
+        _save(cfg.checkpoint, qmodel, opt, step, history, cfg, rng_state)
     top1 = accuracy(qmodel, test.batches(512, device=device), device=device) if test is not None and done else None
     return QATResult(steps=step, top1=top1, resumed_from=start, history=history, recorrected=recorrected,
                      top1_before_recorrect=before)
