@@ -21,8 +21,9 @@ A sequential correction of a frozen layer also compensates what the layers befor
 are retrained (selective QAT), that part goes stale. The float means it matched are kept on the model
 (``autoselect_bias_targets``, path -> mean per channel), and :func:`recorrect_frozen` matches them again after
 training, with the retrained layers in place (``train_qat`` does it after its last step when given the calibration
-images): on the W4 per-tensor search's plan, 79.07 +- 0.13 without, 79.27 +- 0.20 with, three training seeds
-(experiments/RESULTS.md, issue 14).
+images). Measured on nine seeds of 4-bit plans it moved top-1 by +0.06 on average (-0.12 to +0.48, the largest
+recovering a QAT run that had lost 0.37): a tie overall, kept because it restores what calibration established for
+seconds of work (experiments/RESULTS.md, issue 14, sessions 18-19).
 :data:`MODE` ``"auto"`` (the default) corrects layers with weights below :data:`SEQUENTIAL_BELOW_BITS` bits
 sequentially and the others locally: on the reference checkpoint, sequential was better at 4-bit weights and a
 little worse at 8 bits (experiments/RESULTS.md, issue 14, "Sequential bias correction").
