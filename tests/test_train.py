@@ -224,7 +224,7 @@ def _mean_gap(q, path, target, calib):
 
 
 def test_training_rematches_the_frozen_layers_bias_correction_after_the_retrained_ones(digits):
-    from autoselect.quant.methods.bias_correction import recorrectable
+    from autoselect.quant.methods.bias_correction import recorrect_frozen, recorrectable
 
     train, _ = digits
     frozen = LayerAction(weight_bits=3, rounding="nearest")  # below 5 bits: corrected sequentially
@@ -249,6 +249,9 @@ def test_training_rematches_the_frozen_layers_bias_correction_after_the_retraine
         res = train_qat(q, train, None, replace(cfg, recorrect=recorrect), calibration=calib, callback=drift)
         assert res.recorrected == (after if recorrect else [])
         runs[recorrect] = max(_mean_gap(q, p, targets[p], calib) for p in after)
+    # the model trained without it (the last run), re-matched by a user afterwards on a one-shot iterator
+    assert recorrect_frozen(q, iter(calib)) == after
+    assert max(_mean_gap(q, p, targets[p], calib) for p in after) < 0.005
     # re-matched: every frozen layer's mean is the float model's up to its bias's int32 rounding, as at calibration;
     # left as calibrated, the retrained layer's change reaches the layers after it
     assert runs[True] < 0.005, runs
@@ -280,12 +283,29 @@ def test_the_same_seed_trains_the_same_model_whatever_ran_before_and_resumes_exa
     other = copy.deepcopy(start)
     train_qat(other, train, None, replace(cfg, seed=4))
     ck = str(tmp_path / "qat.pt")
-    resumed = copy.deepcopy(start)
-    train_qat(resumed, train, None, replace(cfg, checkpoint=ck), stop_at=7)  # "killed" mid-epoch
+    stopped = copy.deepcopy(start)
+    train_qat(stopped, train, None, replace(cfg, checkpoint=ck), stop_at=7)  # time-sliced: stops after step 7
     torch.manual_seed(99)
-    train_qat(resumed, train, None, replace(cfg, checkpoint=ck), resume=True)
+    train_qat(stopped, train, None, replace(cfg, checkpoint=ck), resume=True)
+
+    class Crash(Exception):
+        pass
+
+    def crash(step: int) -> bool:
+        if step == 13:
+            raise Crash
+        return False
+
+    ck2, every = str(tmp_path / "crashed.pt"), replace(cfg, checkpoint=str(tmp_path / "crashed.pt"), checkpoint_every=5)
+    with pytest.raises(Crash):  # killed after step 13: the last checkpoint is step 10's, written mid-loop
+        train_qat(copy.deepcopy(start), train, None, every, callback=crash)
+    crashed = copy.deepcopy(start)
+    assert train_qat(crashed, train, None, every, resume=True).resumed_from == 10
+    assert train_qat(crashed, train, None, every, resume=True).resumed_from == 20  # at its end: nothing more
+    assert torch.load(ck2, weights_only=True)["step"] == 20
     for n, a in runs[0].items():
         torch.testing.assert_close(runs[1][n], a, rtol=0, atol=0, msg=n)
-        torch.testing.assert_close(resumed.state_dict()[n], a, rtol=0, atol=0, msg=n)
+        torch.testing.assert_close(stopped.state_dict()[n], a, rtol=0, atol=0, msg=n)
+        torch.testing.assert_close(crashed.state_dict()[n], a, rtol=0, atol=0, msg=n)
     trained = [n for n in runs[0] if n.endswith("weight") and not torch.equal(start.state_dict()[n], runs[0][n])]
     assert trained and any(not torch.equal(other.state_dict()[n], runs[0][n]) for n in trained)  # another seed differs

@@ -174,17 +174,21 @@ def _rng_state(dev: torch.device) -> list[torch.Tensor]:
 
 
 @contextmanager
-def _training_rng(dev: torch.device, start: int | list[torch.Tensor]) -> Iterator[None]:
-    """Training draws its random numbers (dropout masks) from ``start`` (a seed, or a state from
-    :func:`_rng_state`), so that the same seed trains the same model whatever ran before; the caller's random
-    state is restored afterwards."""
-    with torch.random.fork_rng(devices=_rng_devices(dev)):
-        if isinstance(start, int):
-            torch.manual_seed(start)
-        else:
-            torch.set_rng_state(start[0])
-            for d, state in zip(_rng_devices(dev), start[1:]):
-                torch.cuda.set_rng_state(state, d)
+def _training_rng(dev: torch.device, seed: int, state: list[torch.Tensor] | None = None) -> Iterator[None]:
+    """Training draws its random numbers (dropout masks) from ``seed``, or from ``state`` (from :func:`_rng_state`;
+    a device it lacks, such as a GPU resuming a CPU run, draws from ``seed``), so that the same seed trains the
+    same model whatever ran before. Only the generators training uses are seeded, and the caller's states of
+    them are restored afterwards."""
+    devices = _rng_devices(dev)
+    with torch.random.fork_rng(devices=devices):
+        torch.default_generator.manual_seed(seed)
+        for d in devices:
+            with torch.cuda.device(d):
+                torch.cuda.manual_seed(seed)
+        if state is not None:
+            torch.set_rng_state(state[0])
+            for d, saved in zip(devices, state[1:]):
+                torch.cuda.set_rng_state(saved, d)
         yield
 
 
@@ -325,13 +329,12 @@ def train_qat(
             raise AutoselectError("resume needs a checkpoint path")
         if Path(cfg.checkpoint).is_file():
             start, history, loaded_rng = _load(cfg.checkpoint, qmodel, opt, cfg)
-            if loaded_rng is None:  # a checkpoint from before the random state was kept: reproducible, not exact
-                loaded_rng = cfg.seed + start
     per_epoch = max(1, len(train.batches(cfg.batch_size, device=device)))
     end = cfg.steps if stop_at is None else min(cfg.steps, stop_at)
     step = start
     stopped = False
-    with _training_rng(dev, cfg.seed if loaded_rng is None else loaded_rng):
+    # resumed without a saved state (a checkpoint from before it was kept): reproducible, not exact
+    with _training_rng(dev, cfg.seed + start, loaded_rng):
         bar = tqdm(total=cfg.steps, initial=start, desc="qat", disable=not progress)
         qmodel.train()
         while step < end:
@@ -376,7 +379,8 @@ def train_qat(
     done = step >= cfg.steps and not stopped
     before: float | None = None
     recorrected: list[str] = []
-    if done and cfg.recorrect and calibration is not None:
+    # a run resumed from its final checkpoint trains nothing: that checkpoint already holds the re-match
+    if done and start < cfg.steps and cfg.recorrect and calibration is not None:
         if test is not None and recorrectable(qmodel):
             before = accuracy(qmodel, test.batches(512, device=device), device=device)
         recorrected = recorrect_frozen(qmodel, calibration, device=device, progress=progress)

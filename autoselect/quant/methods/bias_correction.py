@@ -179,12 +179,13 @@ def recorrectable(model: nn.Module) -> list[str]:
 
 
 @torch.no_grad()
-def recorrect_frozen(model: nn.Module, data: Iterable, *, device: torch.device | str = "cpu",
+def recorrect_frozen(model: nn.Module, data: Iterable, *, device: torch.device | str | None = None,
                      progress: bool = False) -> list[str]:
     """After training some layers of a quantized model, match the sequential bias correction of the frozen layers
     that follow a retrained one to the float means they were corrected to at calibration (kept on the model); the
     layers are re-measured in forward order on ``data`` (the calibration images: others work, within their
-    sampling noise), with the retrained layers as they are now. Returns the re-corrected paths (none where no
+    sampling noise; a re-iterable of batches, read several times), with the retrained layers as they are now,
+    on ``device`` (default: the model's). Returns the re-corrected paths (none where no
     layer is retrained or none was corrected sequentially). The model is left in quant mode and its train/eval
     state; call it once training is over (or at any point of a user's own loop: the model simulates the same)."""
     from autoselect.quant.simulate import set_mode
@@ -198,6 +199,10 @@ def recorrect_frozen(model: nn.Module, data: Iterable, *, device: torch.device |
     def block_of(path: str) -> str | None:
         return graph[path].block if graph is not None and path in graph else None
 
+    if device is None:
+        device = next(model.parameters()).device
+    if iter(data) is data:  # a one-shot iterator: BlockInputs reads the batches several times
+        data = list(data)
     was_training = model.training
     model.eval()
     set_mode(model, "quant")
