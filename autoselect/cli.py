@@ -527,12 +527,13 @@ def _cmd_train(args: argparse.Namespace) -> int:
         print(f"the plan retrains nothing (no qat layer): it is a post-training plan, nothing to train; score it "
               f"with `autoselect ptq --plan {args.plan}`, export it with `autoselect export --plan {args.plan}`")
         return 0
-    qmodel = apply_plan(lm.model, plan, calib.batches(args.batch_size, device=device), graph=graph, device=device)
+    calib_batches = calib.batches(args.batch_size, device=device)  # calibrates, then re-matches after training
+    qmodel = apply_plan(lm.model, plan, calib_batches, graph=graph, device=device)
     frac = retrained_fraction(qmodel)
     ptq = None if args.resume else accuracy(qmodel, prep.test.batches(512, device=device), device=device)
     res = train_qat(qmodel, prep.train, prep.test, cfg, resume=args.resume, device=device, progress=not args.quiet,
                     teacher=lm.model if args.distill > 0 else None,
-                    calibration=calib.batches(args.batch_size, device=device))
+                    calibration=calib_batches)
     summary = {"plan": args.plan, "model": args.model, "target": plan.target, "retrained_fraction": frac,
                "steps": res.steps, "resumed_from": res.resumed_from, "ptq_top1": ptq, "int8_top1_simulated": res.top1,
                "recorrected_layers": len(res.recorrected), "top1_before_recorrect": res.top1_before_recorrect,

@@ -32,7 +32,7 @@ from autoselect.models.graph import LayerGraph
 from autoselect.quant.layer import QuantLayer
 from autoselect.quant.spec import QuantSpec
 
-__all__ = ["MethodContext", "METHODS", "ROUNDINGS", "check_methods", "default_rounding", "default_weight_observer",
+__all__ = ["MethodContext", "METHODS", "ROUNDINGS", "block_of", "check_methods", "default_rounding", "default_weight_observer",
            "defaults", "fixed_rounding", "rounding_key",
            "register_method", "run_methods", "run_transforms", "with_defaults"]
 
@@ -88,12 +88,17 @@ class MethodContext:
 
     def block_of(self, path: str) -> str | None:
         """The block (``LayerInfo.block``) layer ``path`` belongs to; None without a layer graph."""
-        return self.graph[path].block if self.graph is not None and path in self.graph else None
+        return block_of(self.graph, path)
 
     def reference_layer(self, path: str) -> QuantLayer:
         ql = self.reference.get_submodule(path)
         assert isinstance(ql, QuantLayer)
         return ql
+
+
+def block_of(graph: LayerGraph | None, path: str) -> str | None:
+    """The block (``LayerInfo.block``) layer ``path`` belongs to in ``graph``; None without a graph or the layer."""
+    return graph[path].block if graph is not None and path in graph else None
 
 
 def rounding_key(path: str, ql: QuantLayer) -> tuple:

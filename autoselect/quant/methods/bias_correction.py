@@ -31,15 +31,16 @@ little worse at 8 bits (experiments/RESULTS.md, issue 14, "Sequential bias corre
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 
 import torch
 import torch.nn as nn
 from tqdm.auto import tqdm
 
 from autoselect.data.batches import split_batch
+from autoselect.models.graph import LayerGraph
 from autoselect.quant.layer import QuantLayer
-from autoselect.quant.methods import MethodContext, register_method
+from autoselect.quant.methods import MethodContext, block_of, register_method
 from autoselect.quant.methods._capture import BlockInputs
 
 __all__ = ["MODES", "MODE", "SEQUENTIAL_BELOW_BITS", "TARGETS", "mode_for", "recorrect_frozen", "recorrectable"]
@@ -138,7 +139,7 @@ def _float_means(reference: nn.Module, paths: list[str], data: Iterable,
 
 
 def _match(model: nn.Module, target: dict[str, torch.Tensor], paths: list[str], data: Iterable,
-           device: torch.device, block_of: Callable[[str], str | None], progress: bool) -> None:
+           device: torch.device, graph: LayerGraph | None, progress: bool) -> None:
     """Layer by layer in forward order: add to each layer's ``bias_delta`` what its quantized output mean per
     channel (on ``data``, with the layers before it as they are now) lacks of ``target``."""
     inputs = BlockInputs(model, data, device)
@@ -147,7 +148,7 @@ def _match(model: nn.Module, target: dict[str, torch.Tensor], paths: list[str], 
             continue
         ql = model.get_submodule(path)
         assert isinstance(ql, QuantLayer)
-        x = inputs(block_of(path), path)
+        x = inputs(block_of(graph, path), path)
         total: torch.Tensor | None = None
         count = 0
         for xb in x.split(_BATCH):
@@ -164,18 +165,21 @@ def _sequential(ctx: MethodContext, paths: list[str]) -> None:
     kept = dict(getattr(ctx.model, TARGETS, None) or {})
     kept.update({p: t.detach().cpu() for p, t in target.items()})
     setattr(ctx.model, TARGETS, kept)
-    _match(ctx.model, target, paths, ctx.data, ctx.device, ctx.block_of, ctx.progress)
+    _match(ctx.model, target, paths, ctx.data, ctx.device, ctx.graph, ctx.progress)
 
 
 def recorrectable(model: nn.Module) -> list[str]:
     """The layers :func:`recorrect_frozen` would re-match: frozen, corrected sequentially, after a retrained one."""
+    from autoselect.quant.apply import trainable_layers
+    from autoselect.quant.simulate import quant_layers
+
     targets = getattr(model, TARGETS, None) or {}
-    layers = [(p, m) for p, m in model.named_modules() if isinstance(m, QuantLayer)]  # forward (module) order
-    trained = [i for i, (_, m) in enumerate(layers) if any(x.requires_grad for x in m.parameters())]
-    if not trained:
+    layers = list(quant_layers(model))  # forward (module) order
+    trained = set(trainable_layers(model))
+    first = next((i for i, p in enumerate(layers) if p in trained), None)
+    if first is None:
         return []
-    return [p for p, m in layers[trained[0] + 1:]
-            if p in targets and not any(x.requires_grad for x in m.parameters())]
+    return [p for p in layers[first + 1:] if p in targets and p not in trained]
 
 
 @torch.no_grad()
@@ -184,9 +188,9 @@ def recorrect_frozen(model: nn.Module, data: Iterable, *, device: torch.device |
     """After training some layers of a quantized model, match the sequential bias correction of the frozen layers
     that follow a retrained one to the float means they were corrected to at calibration (kept on the model); the
     layers are re-measured in forward order on ``data`` (the calibration images: others work, within their
-    sampling noise; a re-iterable of batches, read several times), with the retrained layers as they are now,
-    on ``device`` (default: the model's). Returns the re-corrected paths (none where no
-    layer is retrained or none was corrected sequentially). The model is left in quant mode and its train/eval
+    sampling noise; they are read several times, so a one-shot iterator is first collected into a list), with the
+    retrained layers as they are now, on ``device`` (default: the model's). Returns the re-corrected paths (none
+    where no layer is retrained or none was corrected sequentially). The model is left in quant mode and its train/eval
     state; call it once training is over (or at any point of a user's own loop: the model simulates the same)."""
     from autoselect.quant.simulate import set_mode
 
@@ -194,11 +198,6 @@ def recorrect_frozen(model: nn.Module, data: Iterable, *, device: torch.device |
     paths = recorrectable(model)
     if not paths:
         return []
-    graph = getattr(model, "autoselect_graph", None)
-
-    def block_of(path: str) -> str | None:
-        return graph[path].block if graph is not None and path in graph else None
-
     if device is None:
         device = next(model.parameters()).device
     if iter(data) is data:  # a one-shot iterator: BlockInputs reads the batches several times
@@ -207,7 +206,8 @@ def recorrect_frozen(model: nn.Module, data: Iterable, *, device: torch.device |
     model.eval()
     set_mode(model, "quant")
     try:
-        _match(model, targets, paths, data, torch.device(device), block_of, progress)
+        _match(model, targets, paths, data, torch.device(device), getattr(model, "autoselect_graph", None),
+               progress)
     finally:
         model.train(was_training)
     return paths
