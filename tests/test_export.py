@@ -193,6 +193,7 @@ def test_learned_steps_are_what_the_export_writes(tmp_path):
 def test_export_report_warns_when_the_export_disagrees_with_the_simulation(tmp_path, monkeypatch):
     """Agreement is counted image by image: an INT8 model that predicts other classes than the simulation on some
     images is reported, and warned about below 99%, even where the top-1 against the labels would hide it."""
+    from autoselect.evaluate import predict
     from autoselect.export import report
 
     import autoselect.quant.targets as targets
@@ -202,19 +203,34 @@ def test_export_report_warns_when_the_export_disagrees_with_the_simulation(tmp_p
     real = report.ort_predictions
     monkeypatch.setattr(targets, "_cpu_flags", lambda: {"avx2", "fma"})  # as if measured on a CPU without VNNI
 
-    def shifted(path, batches, **kw):  # what a wrong export would predict: every tenth image another class
-        pred = real(path, batches, **kw)
+    def shifted_pred(pred):
         pred[::10] = (pred[::10] + 1) % 10
         return pred
+
+    def shifted(path, batches, **kw):  # what a wrong export would predict: every tenth image another class
+        return shifted_pred(real(path, batches, **kw))
 
     monkeypatch.setattr(report, "ort_predictions", shifted)
     s = report.export_and_measure(q, data, data, tmp_path, input_shape=(1, 3, 32, 32), latency_runs=2,
                                   fp32_model=_model(data))
     assert s["agreement"]["int8_vs_simulated"] <= 90.0 + 1e-9 and s["agreement_images"] == 64
     assert any("predicts what the simulation predicts on only" in w for w in s["warnings"])
+    # below 99% the report measures float rounding's floor: here the simulation in float64 flips (almost) nothing,
+    # so the export's shifted images are beyond the floor, and the warning says so
+    a = s["agreement"]
+    assert a["simulated_float64_vs_float32"] >= 98.0 and a["int8_vs_simulated_float64"] <= 91.0
+    assert any("does not describe the exported model" in w for w in s["warnings"])
+
     assert 0.0 <= s["agreement"]["simulated_vs_fp32"] <= 100.0
     assert s["measured_on"]["x86_target"] == "x86-avx2" and s["measured_on"]["int8_flags"] == ["avx2"]
     assert any("this CPU has no VNNI" in w for w in s["warnings"])
+
+    # a model whose own float rounding flips as many images (the float64 simulation shifted alike): at the floor
+    monkeypatch.setattr(report, "_float64_predictions",
+                        lambda q, test: shifted_pred(predict(q, test)[0].argmax(1).numpy()))
+    s = report.export_and_measure(q, data, data, tmp_path / "floor", input_shape=(1, 3, 32, 32), latency_runs=2)
+    assert s["agreement"]["simulated_float64_vs_float32"] <= 90.0 + 1e-9
+    assert any("the export is at that floor" in w for w in s["warnings"])
 
 
 def test_the_simulated_bias_is_the_exported_int32_bias(tmp_path):
