@@ -125,19 +125,19 @@ def test_distillation_needs_a_teacher_and_trains_without_labels(digits):
 
     train, test = digits
     fp32 = _fp32_digits_net(train)
-    plan = Plan(layers={"_default": LayerAction(kind="qat", weight_bits=4)})
+    plan = Plan(layers={"_default": LayerAction(kind="qat", weight_bits=6)})  # above 4 bits: no AdaRound to wait for
     with pytest.raises(AutoselectError, match="needs the FP32 model as teacher"):
         train_qat(apply_plan(fp32, plan, train.batches(64)), train, None, QATConfig(steps=2, distill=1.0))
     with pytest.raises(AutoselectError, match="distill must be between 0 and 1"):
         QATConfig(distill=1.5)
 
     scrambled = replace(train, labels=torch.randint(0, 10, (len(train),), generator=torch.Generator().manual_seed(0)))
-    cfg = QATConfig(steps=60, batch_size=32, lr=0.001, warmup_steps=5, step_lr=0.01, distill=1.0)
+    cfg = QATConfig(steps=30, batch_size=32, lr=0.001, warmup_steps=5, step_lr=0.01, distill=1.0)
     kd = train_qat(apply_plan(fp32, plan, train.batches(64)), scrambled, test, cfg, teacher=fp32)
     ce = train_qat(apply_plan(fp32, plan, train.batches(64)), scrambled, test,
-                   QATConfig(steps=60, batch_size=32, lr=0.001, warmup_steps=5, step_lr=0.01))
+                   QATConfig(steps=30, batch_size=32, lr=0.001, warmup_steps=5, step_lr=0.01))
     assert kd.top1 is not None and ce.top1 is not None
-    # measured: 77.3 with distillation, 16.4 on the scrambled labels, FP32 75.8
+    # measured (6 bits, 30 steps): 70.3 with distillation, 40.6 on the scrambled labels, FP32 71.1
     assert kd.top1 > ce.top1 + 10 and kd.top1 > accuracy(fp32, test.batches(128)) - 15, (kd.top1, ce.top1)
 
 
