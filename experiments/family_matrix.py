@@ -11,6 +11,11 @@ how many predictions float rounding alone flips, the floor of the export's agree
 
     python experiments/family_matrix.py --sizes 32 64 --targets generic x86-avx2 x86-vnni
     python experiments/family_matrix.py --sizes 224 --train-size 64 --targets x86-vnni --floor
+    python experiments/family_matrix.py --sizes 224 --train-size 64 --finetune-epochs 2 --targets x86-vnni --floor
+
+``--finetune-epochs E`` (with ``--train-size N``) fine-tunes each N-pixel checkpoint at the row's size for E epochs
+(a tenth of the training rate) before measuring: a model trained for the size it runs at, for sizes where training
+from scratch does not fit the machine.
 """
 
 from __future__ import annotations
@@ -41,14 +46,18 @@ FAMILIES = ("mobilenet_v2", "mobilenet_v3_large", "mnasnet0_5", "efficientnet_b0
             "shufflenet_v2_x1_0", "resnet18", "squeezenet1_1", "googlenet", "densenet121")
 
 
-def _weights(model: str, size: int, epochs: int, ckpt_dir: Path) -> Path:
-    path = ckpt_dir / f"{model}_digits{size}_e{epochs}.pt"
+def _weights(model: str, size: int, epochs: int, ckpt_dir: Path, start: Path | None = None) -> Path:
+    """The checkpoint of ``model`` trained on digits at ``size`` pixels for ``epochs`` (cached); from ``start`` (a
+    checkpoint trained at another size: fine-tuned, at a tenth of the rate) when given."""
+    path = ckpt_dir / (f"{model}_digits{size}_e{epochs}.pt" if start is None
+                       else f"{model}_digits{size}_from_{start.stem}_ft{epochs}.pt")
     if not path.exists():
-        lm = load_model(model, num_classes=10, input_size=size)
+        lm = load_model(model, weights=str(start) if start else None, num_classes=10, input_size=size)
         train = load_images("digits", split="train", input_size=size)
         test = load_images("digits", split="test", input_size=size)
         t0 = time.perf_counter()
-        res = train_baseline(lm.model, train, test, epochs=epochs, lr=LR.get(model, 0.05), batch_size=64, seed=0)
+        lr = LR.get(model, 0.05) / (10 if start is not None else 1)
+        res = train_baseline(lm.model, train, test, epochs=epochs, lr=lr, batch_size=64, seed=0)
         lm.model.load_state_dict(res.best_state)
         save_checkpoint(path, lm.model, model_name=model, num_classes=10, input_size=size, test_acc=res.best_acc,
                         epoch=res.best_epoch, normalize=train.normalize)
@@ -116,6 +125,8 @@ def main() -> None:
     ap.add_argument("--random", action="store_true", help="random weights, BatchNorm re-estimated; no training")
     ap.add_argument("--calib-images", type=int, default=256)
     ap.add_argument("--train-size", type=int, help="use the checkpoints trained at this size for every size")
+    ap.add_argument("--finetune-epochs", type=int, default=0,
+                    help="with --train-size: fine-tune those checkpoints at each size for this many epochs first")
     ap.add_argument("--floor", action="store_true", help="also the float64 simulation against the float32 one")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", default=str(RESULTS / "family_matrix.json"))
@@ -127,9 +138,11 @@ def main() -> None:
     for model in args.models:
         for size in args.sizes:
             weights = None if args.random else _weights(model, args.train_size or size, args.epochs, ckpt_dir)
+            if weights is not None and args.finetune_epochs and args.train_size and args.train_size != size:
+                weights = _weights(model, size, args.finetune_epochs, ckpt_dir, start=weights)
             rows += _row(model, size, args.targets, weights, args)
             save_result(args.out, {"date": str(date.today()), "random": args.random, "epochs": args.epochs,
-                                   "train_size": args.train_size, "calib_images": args.calib_images, "rows": rows})
+                                   "train_size": args.train_size, "finetune_epochs": args.finetune_epochs, "calib_images": args.calib_images, "rows": rows})
 
 
 if __name__ == "__main__":
