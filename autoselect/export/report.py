@@ -11,8 +11,8 @@ Below that threshold the report also measures the **floor of float rounding**: t
 against itself in float32, on the same images (``simulated_float64_vs_float32``), and the export against the float64
 simulation (``int8_vs_simulated_float64``). Integer kernels accumulate exactly, the simulation in float32; on a
 model with many near-ties (large inputs, a quantization error near the signal's size) rounding alone flips
-predictions, and the warning then says whether the export is further from the simulation than that floor (a bug to
-report) or within it (measured in experiments/RESULTS.md, issue 18).
+predictions, and the warning then says whether the export is further from the simulation than that floor (more
+than twice its flips, plus one image: a bug to report) or within it (measured in experiments/RESULTS.md, issue 18).
 """
 
 from __future__ import annotations
@@ -86,7 +86,8 @@ def export_and_measure(qmodel: nn.Module, calibration: Iterable, test: Iterable,
         agreement.update({"simulated_float64_vs_float32": _pct(sim64_pred == sim_pred),
                           "int8_vs_simulated_float64": _pct(int8_pred == sim64_pred)})
         floor = agreement["simulated_float64_vs_float32"]
-        within = agreement["int8_vs_simulated"] >= floor - 100.0 / max(1, len(sim_pred))  # one image of slack
+        # a count of near-tie flips is itself noisy: at the floor means at most twice its flips, plus one image
+        within = int((int8_pred != sim_pred).sum()) <= 2 * int((sim64_pred != sim_pred).sum()) + 1
         why = (f"the simulation computed in float64 agrees with itself in float32 on {floor:.1f}%, so float rounding "
                f"alone flips as many near-tie images: the export is at that floor" if within else
                f"float rounding alone flips fewer (the simulation in float64 agrees with itself in float32 on "
