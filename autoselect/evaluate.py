@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Iterable
 
 import torch
@@ -11,7 +12,7 @@ from tqdm.auto import tqdm
 from autoselect.data.batches import split_batch
 from autoselect.errors import AutoselectError
 
-__all__ = ["resolve_device", "predict", "accuracy", "correct"]
+__all__ = ["resolve_device", "predict", "float64_logits", "accuracy", "correct"]
 
 
 def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
@@ -29,18 +30,26 @@ def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
 
 @torch.no_grad()
 def predict(model: nn.Module, data: Iterable, *, device: torch.device | str = "cpu", progress: bool = False,
-            desc: str = "eval") -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Logits (on CPU) for every batch, and the labels if the batches carry them."""
+            desc: str = "eval", dtype: torch.dtype | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Logits (float32, on CPU) for every batch, and the labels if the batches carry them. ``dtype``: the inputs'
+    (for a model converted to it, e.g. float64); default: as the batches come."""
     model.eval()
     logits, labels = [], []
     for batch in tqdm(data, desc=desc, disable=not progress, leave=False):
         x, y = split_batch(batch)
-        logits.append(model(x.to(device)).float().cpu())
+        logits.append(model(x.to(device, dtype)).float().cpu())
         if y is not None:
             labels.append(y.cpu())
     if not logits:
         raise ValueError("no batches to evaluate")
     return torch.cat(logits), (torch.cat(labels) if labels else None)
+
+
+def float64_logits(model: nn.Module, data: Iterable) -> torch.Tensor:
+    """``model``'s logits computed in float64 (on a copy of it, on CPU), returned as float32: for a quantized model,
+    the same simulation with less float rounding, whose distance from the float32 run is the floor of how closely
+    any other arithmetic (an integer runtime) can be expected to match it."""
+    return predict(copy.deepcopy(model).cpu().double(), data, dtype=torch.float64)[0]
 
 
 def accuracy(model: nn.Module, data: Iterable, *, device: torch.device | str = "cpu", progress: bool = False,

@@ -21,7 +21,6 @@ from scratch does not fit the machine.
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import tempfile
 import time
@@ -33,6 +32,7 @@ import torch
 from _common import RESULTS, ROOT, logit_rel_err, save_result
 
 from autoselect import load_images, load_model
+from autoselect.evaluate import float64_logits
 from autoselect.export import export, ort_session
 from autoselect.models import save_checkpoint
 from autoselect.plan import LayerAction, Plan
@@ -87,8 +87,7 @@ def _row(model: str, size: int, targets: list[str], weights: Path | None, args: 
             sim = torch.cat([q(x) for x, _ in test.batches(64)]).numpy()
             sim64 = None
             if args.floor:
-                q64 = copy.deepcopy(q).double()
-                sim64 = torch.cat([q64(x.double()) for x, _ in test.batches(64)]).float().numpy()
+                sim64 = float64_logits(q, test.batches(64)).numpy()
         row = {"model": model, "size": size, "target": get_target(target).name, "images": len(test),
                "fp32_top1": 100 * float((fp32.argmax(1) == labels).mean()),
                "sim_top1": 100 * float((sim.argmax(1) == labels).mean()),
@@ -142,7 +141,8 @@ def main() -> None:
                 weights = _weights(model, size, args.finetune_epochs, ckpt_dir, start=weights)
             rows += _row(model, size, args.targets, weights, args)
             save_result(args.out, {"date": str(date.today()), "random": args.random, "epochs": args.epochs,
-                                   "train_size": args.train_size, "finetune_epochs": args.finetune_epochs, "calib_images": args.calib_images, "rows": rows})
+                                   "train_size": args.train_size, "finetune_epochs": args.finetune_epochs,
+                                   "calib_images": args.calib_images, "rows": rows})
 
 
 if __name__ == "__main__":

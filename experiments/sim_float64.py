@@ -9,13 +9,13 @@ agreement with the simulation can be held to (integer kernels requantize in floa
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 
 import torch
 from _common import logit_rel_err
 
 from autoselect import load_images, load_model
+from autoselect.evaluate import float64_logits
 from autoselect.plan import LayerAction, Plan
 from autoselect.quant.apply import apply_plan
 
@@ -39,8 +39,7 @@ def main() -> None:
                    input_shape=(1, 3, args.size, args.size))
     with torch.no_grad():
         f32 = torch.cat([q(x) for x, _ in test.batches(64)]).numpy()
-        q64 = copy.deepcopy(q).double()
-        f64 = torch.cat([q64(x.double()) for x, _ in test.batches(64)]).float().numpy()
+        f64 = float64_logits(q, test.batches(64)).numpy()
     print(json.dumps({"model": args.model, "size": args.size, "target": args.target, "images": len(test),
                       "agree_f32_f64": round(100 * float((f32.argmax(1) == f64.argmax(1)).mean()), 2),
                       "rel_err_f32_f64": round(logit_rel_err(f32, f64), 4)}))

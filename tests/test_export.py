@@ -210,6 +210,10 @@ def test_export_report_warns_when_the_export_disagrees_with_the_simulation(tmp_p
     def shifted(path, batches, **kw):  # what a wrong export would predict: every tenth image another class
         return shifted_pred(real(path, batches, **kw))
 
+    def shifted_logits(logits):  # logits whose argmax is shifted alike: every tenth image the next class
+        pred = shifted_pred(logits.argmax(1).numpy())
+        return torch.nn.functional.one_hot(torch.as_tensor(pred), logits.shape[1]).float()
+
     monkeypatch.setattr(report, "ort_predictions", shifted)
     s = report.export_and_measure(q, data, data, tmp_path, input_shape=(1, 3, 32, 32), latency_runs=2,
                                   fp32_model=_model(data))
@@ -226,8 +230,7 @@ def test_export_report_warns_when_the_export_disagrees_with_the_simulation(tmp_p
     assert any("this CPU has no VNNI" in w for w in s["warnings"])
 
     # a model whose own float rounding flips as many images (the float64 simulation shifted alike): at the floor
-    monkeypatch.setattr(report, "_float64_predictions",
-                        lambda q, test: shifted_pred(predict(q, test)[0].argmax(1).numpy()))
+    monkeypatch.setattr(report, "float64_logits", lambda q, test: shifted_logits(predict(q, test)[0]))
     s = report.export_and_measure(q, data, data, tmp_path / "floor", input_shape=(1, 3, 32, 32), latency_runs=2)
     assert s["agreement"]["simulated_float64_vs_float32"] <= 90.0 + 1e-9
     assert any("the export is at that floor" in w for w in s["warnings"])

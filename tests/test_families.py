@@ -19,13 +19,13 @@ accuracy here would cost minutes each). MobileNetV2 is covered by test_export.py
 
 from __future__ import annotations
 
-import copy
 
 import numpy as np
 import pytest
 import torch
 
 from autoselect import load_images
+from autoselect.evaluate import float64_logits
 from autoselect.export import export, ort_session
 from autoselect.models import create_model
 from autoselect.plan import LayerAction, Plan
@@ -69,8 +69,7 @@ def test_the_export_computes_what_the_simulation_computes(tmp_path, family, size
     with torch.no_grad():
         sim = torch.cat([q(x) for x, _ in test.batches(32)]).numpy()
         fp32 = torch.cat([model(x) for x, _ in test.batches(32)]).numpy()
-        q64 = copy.deepcopy(q).double()  # the same simulation in float64: how far float rounding alone moves it
-        sim64 = torch.cat([q64(x.double()) for x, _ in test.batches(32)]).float().numpy()
+        sim64 = float64_logits(q, test.batches(32)).numpy()  # how far float rounding alone moves the simulation
     int8 = np.concatenate([sess.run(None, {"input": x.numpy()})[0] for x, _ in test.batches(32)])
     if len(set(fp32.argmax(1).tolist())) == 1:
         return  # random SqueezeNet: one class for every image, nothing to compare image by image

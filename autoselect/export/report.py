@@ -22,14 +22,11 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-import copy
-
 import numpy as np
-import torch
 import torch.nn as nn
 
 from autoselect._io import atomic_path
-from autoselect.evaluate import predict
+from autoselect.evaluate import float64_logits, predict
 from autoselect.export.onnx_export import export
 from autoselect.export.runtime import latency_by_threads, ort_predictions
 from autoselect.quant.targets import cpu_facts, resolve_target
@@ -41,19 +38,6 @@ AGREEMENT_WARNING = 99.0  # % of images on which the export and the simulation m
 
 def _pct(mask: np.ndarray) -> float:
     return 100.0 * float(mask.mean()) if len(mask) else float("nan")
-
-
-def _float64_predictions(qmodel: nn.Module, test: Iterable) -> np.ndarray:
-    """The simulation's predictions computed in float64 (a copy of ``qmodel``; inputs cast per batch)."""
-    from autoselect.data.batches import split_batch
-
-    q64 = copy.deepcopy(qmodel).double().eval()
-    preds = []
-    with torch.no_grad():
-        for batch in test:
-            x, _ = split_batch(batch)
-            preds.append(q64(x.double()).argmax(1).numpy())
-    return np.concatenate(preds)
 
 
 def export_and_measure(qmodel: nn.Module, calibration: Iterable, test: Iterable, out_dir: str | Path, *,
@@ -82,7 +66,7 @@ def export_and_measure(qmodel: nn.Module, calibration: Iterable, test: Iterable,
     fp32_ms, int8_ms = lat["fp32"][best["fp32"]], lat["int8"][best["int8"]]
     warnings = []
     if agreement["int8_vs_simulated"] < AGREEMENT_WARNING:
-        sim64_pred = _float64_predictions(qmodel, test)
+        sim64_pred = float64_logits(qmodel, test).argmax(1).numpy()
         agreement.update({"simulated_float64_vs_float32": _pct(sim64_pred == sim_pred),
                           "int8_vs_simulated_float64": _pct(int8_pred == sim64_pred)})
         floor = agreement["simulated_float64_vs_float32"]

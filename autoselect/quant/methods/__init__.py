@@ -32,8 +32,8 @@ from autoselect.models.graph import LayerGraph
 from autoselect.quant.layer import QuantLayer
 from autoselect.quant.spec import QuantSpec
 
-__all__ = ["MethodContext", "METHODS", "ROUNDINGS", "block_of", "check_methods", "default_rounding", "default_weight_observer",
-           "defaults", "fixed_rounding", "rounding_key",
+__all__ = ["MethodContext", "METHODS", "ROUNDINGS", "block_of", "check_methods", "default_rounding",
+           "default_weight_observer", "defaults", "fixed_rounding", "rounding_key",
            "register_method", "run_methods", "run_transforms", "with_defaults"]
 
 
