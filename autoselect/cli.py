@@ -573,12 +573,10 @@ def _cmd_export(args: argparse.Namespace) -> int:
     best, lat = s["latency_threads"], s["latency_ms_by_threads"]
     print(f"{s['int8_onnx']}: {s['int8_bytes'] / 1e6:.2f} MB (FP32 {s['fp32_bytes'] / 1e6:.2f} MB)")
     a = s["agreement"]
-    print(f"top-1 on {len(prep.test)} test images: simulated {s['simulated_top1']:.2f}%, onnxruntime INT8 "
-          f"{s['int8_top1']:.2f}%; same prediction as the simulation on {a['int8_vs_simulated']:.2f}% of the images "
-          f"(INT8 vs FP32 {a['int8_vs_fp32']:.2f}%, simulated vs FP32 {a['simulated_vs_fp32']:.2f}%)")
-    if "simulated_float64_vs_float32" in a:
-        print(f"float rounding's floor: the simulation in float64 agrees with itself in float32 on "
-              f"{a['simulated_float64_vs_float32']:.2f}% of the images, with INT8 on {a['int8_vs_simulated_float64']:.2f}%")
+    print(f"top-1 on {len(prep.test)} test images: simulated {s['simulated_integer_top1']:.2f}% (float32 "
+          f"{s['simulated_top1']:.2f}%), onnxruntime INT8 {s['int8_top1']:.2f}%; same prediction as the simulation on "
+          f"{a['int8_vs_simulated']:.2f}% of the images (float32 simulation {a['int8_vs_simulated_float32']:.2f}%; "
+          f"INT8 vs FP32 {a['int8_vs_fp32']:.2f}%)")
     print(f"batch-1 latency (onnxruntime, each at its fastest thread count): INT8 {s['int8_latency_ms']:.3f} ms "
           f"({best['int8']} thread{'s' if best['int8'] > 1 else ''}), FP32 {s['fp32_latency_ms']:.3f} ms "
           f"({best['fp32']} thread{'s' if best['fp32'] > 1 else ''}): {s['int8_over_fp32']:.2f}x; one thread each: "

@@ -2,7 +2,8 @@
 input sizes? An all-frozen plan for the x86 target (the default post-training methods), calibrated on 256 train
 images, exported through onnxruntime's static quantizer (autoselect.export.export), then run on test images:
 per-image agreement of the predicted classes (INT8 vs simulation, INT8 vs FP32, simulation vs FP32) and the relative
-logit error between each pair (logits centred per image; ||a - b|| / ||b||).
+logit error between each pair (logits centred per image; ||a - b|| / ||b||); and INT8 against the simulation computed
+in the integer kernels' arithmetic (autoselect.quant.integer): agreement and largest logit difference.
 
     python experiments/export_agreement.py --model mobilenet_v2 \
         --weights ../shared/fixtures/mobilenet_v2_cifar10_fp32.pt --sizes 32 64 --images 2000
@@ -22,6 +23,7 @@ from autoselect import load_images, load_model
 from autoselect.export import export, ort_session
 from autoselect.plan import LayerAction, Plan
 from autoselect.quant.apply import apply_plan
+from autoselect.quant.integer import integer_arithmetic
 
 
 def main() -> None:
@@ -58,9 +60,13 @@ def main() -> None:
         with torch.no_grad():
             sim = torch.cat([q(x) for x, _ in test.batches(64)]).numpy()
             fp32 = torch.cat([lm.model(x) for x, _ in test.batches(64)]).numpy()
+        with integer_arithmetic(q):  # the simulation in the integer kernels' arithmetic
+            simi = torch.cat([q(x) for x, _ in test.batches(64)]).numpy()
         p_int8, p_sim, p_fp32 = int8.argmax(1), sim.argmax(1), fp32.argmax(1)
         row = {"model": args.model, "target": args.target, "size": size, "images": len(test), "plain": args.plain,
                "agree_int8_sim": 100 * float((p_int8 == p_sim).mean()),
+               "agree_int8_sim_int": 100 * float((p_int8 == simi.argmax(1)).mean()),
+               "max_abs_int8_sim_int": float(np.abs(int8 - simi).max()),
                "agree_int8_fp32": 100 * float((p_int8 == p_fp32).mean()),
                "agree_sim_fp32": 100 * float((p_sim == p_fp32).mean()),
                "rel_err_int8_sim": logit_rel_err(int8, sim), "rel_err_sim_fp32": logit_rel_err(sim, fp32),

@@ -7,7 +7,9 @@ onnxruntime and run on the digits test images. ``--random`` skips training: rand
 re-estimated on the calibration images, which is what the unit-test matrix uses. ``--train-size N`` runs every
 size with the checkpoints trained at N pixels (the families are fully convolutional up to a global pool), so that a
 224-pixel row needs no training at 224. ``--floor`` adds the simulation run in float64 against itself in float32:
-how many predictions float rounding alone flips, the floor of the export's agreement.
+how many predictions float rounding alone flips. Every row also has the simulation computed in the integer
+kernels' arithmetic (``autoselect.quant.integer``): its top-1, its agreement with the export and the largest logit
+difference (``sim_int_top1``, ``agree_int8_sim_int``, ``max_abs_int8_sim_int``).
 
     python experiments/family_matrix.py --sizes 32 64 --targets generic x86-avx2 x86-vnni
     python experiments/family_matrix.py --sizes 224 --train-size 64 --targets x86-vnni --floor
@@ -37,6 +39,7 @@ from autoselect.export import export, ort_session
 from autoselect.models import save_checkpoint
 from autoselect.plan import LayerAction, Plan
 from autoselect.quant.apply import apply_plan
+from autoselect.quant.integer import integer_arithmetic
 from autoselect.quant.targets import get_target
 from autoselect.train import train_baseline
 from autoselect.train.baseline import reestimate_bn
@@ -85,12 +88,15 @@ def _row(model: str, size: int, targets: list[str], weights: Path | None, args: 
                        input_shape=(1, 3, size, size))
         with torch.no_grad():
             sim = torch.cat([q(x) for x, _ in test.batches(64)]).numpy()
+            with integer_arithmetic(q):  # what the export computes, in the kernels' arithmetic
+                simi = torch.cat([q(x) for x, _ in test.batches(64)]).numpy()
             sim64 = None
             if args.floor:
                 sim64 = float64_logits(q, test.batches(64)).numpy()
         row = {"model": model, "size": size, "target": get_target(target).name, "images": len(test),
                "fp32_top1": 100 * float((fp32.argmax(1) == labels).mean()),
                "sim_top1": 100 * float((sim.argmax(1) == labels).mean()),
+               "sim_int_top1": 100 * float((simi.argmax(1) == labels).mean()),
                "agree_sim_fp32": 100 * float((sim.argmax(1) == fp32.argmax(1)).mean())}
         if sim64 is not None:
             row.update({"agree_sim64_sim": 100 * float((sim64.argmax(1) == sim.argmax(1)).mean()),
@@ -101,6 +107,8 @@ def _row(model: str, size: int, targets: list[str], weights: Path | None, args: 
                 sess = ort_session(res.int8_path, threads=args.threads)
                 int8 = np.concatenate([sess.run(None, {"input": x.numpy()})[0] for x, _ in test.batches(64)])
             row.update({"int8_top1": 100 * float((int8.argmax(1) == labels).mean()),
+                        "agree_int8_sim_int": 100 * float((int8.argmax(1) == simi.argmax(1)).mean()),
+                        "max_abs_int8_sim_int": float(np.abs(int8 - simi).max()),
                         "agree_int8_sim": 100 * float((int8.argmax(1) == sim.argmax(1)).mean()),
                         "agree_int8_fp32": 100 * float((int8.argmax(1) == fp32.argmax(1)).mean()),
                         "rel_err_int8_sim": logit_rel_err(int8, sim),

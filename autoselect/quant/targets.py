@@ -28,7 +28,8 @@ from dataclasses import dataclass
 from autoselect.errors import AutoselectError
 from autoselect.quant.spec import QuantSpec, TensorQuant
 
-__all__ = ["Target", "TARGETS", "ALIASES", "get_target", "detect_x86", "resolve_target", "cpu_facts"]
+__all__ = ["Target", "TARGETS", "ALIASES", "get_target", "detect_x86", "resolve_target", "cpu_facts",
+           "mlas_fma_kernels"]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -188,3 +189,10 @@ def get_target(name: str) -> Target:
         close = difflib.get_close_matches(name, [*TARGETS, *ALIASES], n=2)
         hint = f" (did you mean {' or '.join(close)}?)" if close else ""
         raise AutoselectError(f"unknown target {name!r}{hint}; known: {', '.join([*ALIASES, *TARGETS])}") from None
+
+
+def mlas_fma_kernels() -> bool:
+    """Whether onnxruntime's MLAS runs its AVX2/FMA3 kernels on this CPU (one rounding per multiply-add), which
+    :mod:`autoselect.quant.mlas` reproduces; without them, its SSE2 kernels round each product and sum."""
+    flags = _cpu_flags() or set()
+    return "avx2" in flags and "fma" in flags
