@@ -270,3 +270,8 @@ def test_conv_subclasses_with_their_own_forward_are_simulated_with_it():
     with torch.no_grad():
         assert q[0](x).shape == model[0](x).shape == (8, 8, 32, 32)
         torch.testing.assert_close(q(x), model(x), atol=0.05, rtol=0.05)
+    from autoselect.quant.integer import integer_arithmetic
+
+    with integer_arithmetic(q):  # in the kernels' arithmetic too (with the subclass's bias on the int32 grid)
+        assert q[0](x).shape == (8, 8, 32, 32)
+        torch.testing.assert_close(q(x), model(x), atol=0.05, rtol=0.05)

@@ -52,11 +52,14 @@ def deploy_model(qmodel: nn.Module, *, grid_weights: bool = True) -> nn.Module:
     model = copy.deepcopy(qmodel).eval()
     remove_shared_input_hooks(model)
     folds: dict[str, torch.Tensor] = {}
+    # the quantized weights and biases are read from the original layers, whose weight grids are cached (a copy's
+    # are computed again: with MSE ranges, 15 of DenseNet-121's 30 s of export)
+    originals = quant_layers(qmodel)
     for path, ql in quant_layers(model).items():
         layer = ql.layer
         if ql.bias_delta is not None:  # a bias correction: the quantized layer's bias is the deployed one
             with torch.no_grad():
-                b = ql.quant_bias()
+                b = originals[path].quant_bias()
                 assert b is not None
                 layer.bias = nn.Parameter(b.detach().clone())
         if ql.smooth_scale is not None:
@@ -71,7 +74,7 @@ def deploy_model(qmodel: nn.Module, *, grid_weights: bool = True) -> nn.Module:
         else:
             if grid_weights and ql.spec is not None and ql.spec.weight is not None:
                 with torch.no_grad():
-                    layer.weight.copy_(ql.quantized_weight())
+                    layer.weight.copy_(originals[path].quantized_weight())
             set_submodule(model, path, layer)
     for path, s in folds.items():
         producer = model.get_submodule(path)

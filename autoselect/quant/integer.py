@@ -191,16 +191,23 @@ def _integer_forward(ql: QuantLayer, x: torch.Tensor, ops: _IntegerOps) -> torch
     step = (sx.float() * sw.float()).reshape(-1)  # s_x * s_w, per output channel (float32)
     b = ql.quant_bias()  # on the int32 grid already: its levels are exact integers
     kb = None if b is None else torch.round(b.detach().float() / step).double()
+    # every partial sum is an integer below fan_in * max|k_x| * max|k_w|: float32 holds it exactly below 2^24
+    # (depthwise layers, most 1x1 layers), and runs faster; otherwise float64 (on CPU: CUDA may sum float32 in TF32)
+    fan_in = kw[0].numel()
+    exact32 = kx.device.type == "cpu" and fan_in * float(kx.abs().max()) * float(kw.abs().max()) < 2.0 ** 24
+    if exact32:
+        kx, kw = kx.float(), kw.float()
     if isinstance(layer, nn.Conv2d):
         if type(layer).forward is not nn.Conv2d.forward:  # a forward of its own (static "same" padding)
-            params = {"weight": kw} if kb is None else {"weight": kw, "bias": kb}
+            params = {"weight": kw} if layer.bias is None else {"weight": kw, "bias": torch.zeros_like(kw[:, 0, 0, 0])}
             acc = torch.func.functional_call(layer, params, (kx,))
         else:
-            acc = layer._conv_forward(kx, kw, kb)
+            acc = layer._conv_forward(kx, kw, None)
         shape: tuple[int, ...] = (1, -1, 1, 1)
     else:
-        acc = F.linear(kx, kw, kb)
+        acc = F.linear(kx, kw)
         shape = (1, -1)
+    acc = acc.double() if kb is None else acc.double() + kb.view(shape)
     acc32, step = acc.float(), step.view(shape)  # int32 -> float32, rounded to nearest even, as the kernel does
     if spec.output is None:
         # requantized onto the grid of whatever quantizes it next (through a fused ReLU), else a float output
