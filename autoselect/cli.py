@@ -210,6 +210,9 @@ def _parser() -> argparse.ArgumentParser:
                                                   "(default: 1000, at most a quarter of the split)")
     p.add_argument("--train-images", type=POS, help="train the proxy on a subset of the remaining images")
     p.add_argument("--profile-images", type=POS)
+    p.add_argument("--profile-rounding-effort", type=float,
+                   help="fraction of AdaRound's / block reconstruction's steps the profile runs where it learns a "
+                        "rounding (default 1)")
     p.add_argument("--max-accuracy-drop", type=float, help="points of validation top-1 below FP32")
     p.add_argument("--max-retrained", type=float, help="fraction of parameters retrained, e.g. 0.25")
     p.add_argument("--max-latency-ms", type=float, help="latency limit (for cost-model targets: FP32 = 1)")
@@ -620,6 +623,7 @@ def _cmd_search(args: argparse.Namespace) -> int:
         out=args.out or f"runs/search-{args.model.replace(':', '_')}",
         resume=args.resume, seed=args.seed, device=args.device, progress=not args.quiet, confirm=args.confirm,
         **given(trials=args.trials, profile_images=args.profile_images, latency_runs=args.latency_runs,
+                profile_rounding_effort=args.profile_rounding_effort,
                 baseline_epochs=args.baseline_epochs), **no_prune)
     res = search(cfg)
     s = res.summary

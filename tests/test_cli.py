@@ -137,6 +137,7 @@ def test_baseline_then_ptq_then_profile(tmp_path, capsys, monkeypatch):
         (["ptq", *TINY, "--calib-images", "0"], "must be a positive integer, got 0"),
         (["ptq", *TINY, "--batch-size", "0"], "--batch-size: must be a positive integer"),
         (["train", "--plan", "seed001_depthwise_1x1", "--steps", "-3"], "--steps: must be a positive integer"),
+        (["search", *TINY, "--profile-rounding-effort", "0"], "--profile-rounding-effort must be in (0, 1], got 0"),
         (["search", "--backend", "ray", "--address", "ray://127.0.0.1:1", "--out", "/nonexistent/never-written"],
          "cannot reach the Ray cluster at 127.0.0.1:1"),
     ],

@@ -25,7 +25,7 @@ from .helpers import finished_trials, kill_when_finished, running_trials, tiny_n
 TINY = ["--model", "tests.helpers:tiny_net", "--quiet"]
 SMALL = [*TINY, "--data", "digits", "--baseline-epochs", "8", "--proxy-steps", "6", "--proxy-batch", "32",
          "--eval-every", "3", "--val-images", "120", "--train-images", "400", "--profile-images", "64",
-         "--calib-images", "64"]
+         "--calib-images", "64", "--profile-rounding-effort", "0.1"]
 ROOT = Path(__file__).resolve().parents[1]
 
 

@@ -148,6 +148,7 @@ def profile(
     progress: bool = False,
     model_name: str = "",
     reuse: dict | None = None,
+    effort: float = 1.0,
 ) -> SensitivityReport:
     """Profile ``model`` over ``data`` (re-iterable batches of ``x`` or ``(x, y)``) under ``spec`` (default W8A8).
 
@@ -159,7 +160,8 @@ def profile(
     Post-training methods the spec names (:mod:`autoselect.quant.methods`) are applied as :func:`calibrate` does:
     transforms (equalization) before the FP32 pass, which is then the equalized float model, the others after
     calibration; the quantized pass measures the result. Their seconds are in the report's timings
-    (``method_<name>_s``). ``reuse``: learned roundings shared with later calibrations (``MethodContext.reuse``).
+    (``method_<name>_s``). ``reuse``: learned roundings shared with later calibrations (``MethodContext.reuse``);
+    ``effort``: the fraction of the learned methods' steps (``MethodContext.effort``).
     """
     if not 0.0 < local_fraction <= 1.0:
         raise AutoselectError(f"local_fraction must be in (0, 1], got {local_fraction}")
@@ -203,7 +205,7 @@ def profile(
         tap.mode = "off"
         set_mode(qmodel, "quant")
         method_seconds = {**transform_seconds, **run_methods(qmodel, data, device=device, progress=progress,
-                                                                  reuse=reuse)}
+                                                                  reuse=reuse, effort=effort)}
         timings.update({f"method_{name}_s": secs for name, secs in method_seconds.items()})
         # pass 2: quantized, compared batch by batch with the FP32 outputs
         t0 = time.perf_counter()

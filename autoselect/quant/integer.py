@@ -36,7 +36,9 @@ from autoselect.quant.layer import QuantLayer
 from autoselect.quant.spec import TensorQuant
 from autoselect.quant.targets import mlas_fma_kernels
 
-__all__ = ["integer_arithmetic"]
+__all__ = ["integer_arithmetic", "FLOAT32_SUMS"]
+
+FLOAT32_SUMS = True  # sum in float32 where that is exact (see _integer_forward); False: float64 throughout
 
 
 @dataclass
@@ -194,7 +196,7 @@ def _integer_forward(ql: QuantLayer, x: torch.Tensor, ops: _IntegerOps) -> torch
     # every partial sum is an integer below fan_in * max|k_x| * max|k_w|: float32 holds it exactly below 2^24
     # (depthwise layers, most 1x1 layers), and runs faster; otherwise float64 (on CPU: CUDA may sum float32 in TF32)
     fan_in = kw[0].numel()
-    exact32 = kx.device.type == "cpu" and fan_in * float(kx.abs().max()) * float(kw.abs().max()) < 2.0 ** 24
+    exact32 = FLOAT32_SUMS and kx.device.type == "cpu" and fan_in * float(kx.abs().max()) * float(kw.abs().max()) < 2.0 ** 24
     if exact32:
         kx, kw = kx.float(), kw.float()
     if isinstance(layer, nn.Conv2d):

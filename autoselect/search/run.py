@@ -78,6 +78,9 @@ class SearchConfig:
     train_images: int | None = None
     val_images: int | None = None  # default: min(1000, a quarter of the train split)
     profile_images: int = 512
+    # fraction of AdaRound's / block reconstruction's steps the profile runs where it learns a rounding (its
+    # sensitivities rank the groups; the chosen plan is calibrated at full length): the profile's largest cost
+    profile_rounding_effort: float = 1.0
     constraints: Constraints = field(default_factory=Constraints)
     sampler: str = "tpe"
     prior: bool = True
@@ -93,6 +96,10 @@ class SearchConfig:
     device: str = "auto"
     progress: bool = True
     confirm: int = 0  # after the search, retrain this many of the front's best plans at the full budget
+
+    def __post_init__(self) -> None:
+        if not 0 < self.profile_rounding_effort <= 1:
+            raise AutoselectError(f"--profile-rounding-effort must be in (0, 1], got {self.profile_rounding_effort}")
 
 
 @dataclass
@@ -308,7 +315,7 @@ def _search(cfg: SearchConfig, prepared: Any = None) -> SearchResult:
         profile_set = train.subset(cfg.profile_images, seed=cfg.seed).in_memory(MEMORY_BYTES)  # read 2-3 times
         report = profile(lm.model, profile_set.batches(128, device=device),
                          spec=spec, graph=graph, device=device, progress=cfg.progress, model_name=cfg.model,
-                         reuse=reuse)
+                         reuse=reuse, effort=cfg.profile_rounding_effort)
         report.save(prof_dir)
     profile_s = time.perf_counter() - t0
 
