@@ -82,3 +82,17 @@ def test_integer_arithmetic_leaves_the_model_as_it_was():
     with torch.no_grad():
         assert torch.equal(q(x), before)
     assert (integer - before).abs().max() < 0.2 * before.abs().max()  # the same model, rounded otherwise
+
+
+def test_what_integer_arithmetic_tracks_goes_with_its_tensor():
+    """A long evaluation must not keep every batch's integer tensors alive through the tracking of its ops."""
+    from autoselect.quant.integer import _OnGrid, _Tracked
+
+    tracked = _Tracked()
+    t = torch.ones(3)
+    tracked.set(t, _OnGrid(torch.zeros(3), torch.tensor(1.0), torch.tensor(0)))
+    assert len(tracked) == 1 and tracked.get(t) is not None
+    t.add_(1)  # an in-place change forgets what was known
+    assert tracked.get(t) is None
+    del t
+    assert len(tracked) == 0

@@ -90,10 +90,14 @@ class _Tracked:
         return entry[2]
 
     def set(self, t: torch.Tensor, info: _Info | None) -> None:
+        key = id(t)
         if info is None:
-            self._by_id.pop(id(t), None)
-        else:
-            self._by_id[id(t)] = (weakref.ref(t), t._version, info)
+            self._by_id.pop(key, None)
+        else:  # the entry (and the tensors it holds) goes when the tensor does
+            self._by_id[key] = (weakref.ref(t, lambda _: self._by_id.pop(key, None)), t._version, info)
+
+    def __len__(self) -> int:
+        return len(self._by_id)
 
 
 _ADDS = {torch.Tensor.add, torch.Tensor.add_, torch.Tensor.__add__, torch.Tensor.__iadd__, torch.add}
