@@ -8,9 +8,10 @@ global average) with kernels of its own (:mod:`autoselect.quant.mlas`). Both are
 only in rounding, but on a model with many near-ties (a large input, a quantization error close to the signal's
 size) that alone flips a few percent of the predictions (experiments/RESULTS.md, issue 18).
 
-:func:`integer_arithmetic` computes the simulation as the export does, bit for bit on every family measured except
-DenseNet (its un-folded BatchNorms run in PyTorch's float arithmetic), so the export can be held to the simulation
-image by image. The sums run in float64, where every partial sum of int8 products is an exact integer. It is for
+:func:`integer_arithmetic` computes the simulation as the export does, so the export can be held to the simulation
+image by image: bit for bit on every family measured, except DenseNet (its un-folded BatchNorms run in PyTorch's
+float arithmetic) and, rarely, a squeeze-excitation's mean (onnxruntime sums it in NHWC in the deployed graph, in an
+order not reproduced: 2 of 360 images of EfficientNet-B0 at 224 px, same predictions; RESULTS, issue 18). The sums run in float64, where every partial sum of int8 products is an exact integer. It is for
 evaluation only: no gradient is recorded, and it is slower than the float32 simulation.
 
 It follows tensors through the model with a :class:`~torch.overrides.TorchFunctionMode`: what a layer writes is on a

@@ -9,7 +9,8 @@ MLAS's AVX2/FMA3 kernels), element by element (experiments/RESULTS.md, issue 18)
   + z)`` with the float32 multiplier ``m = (s_x * s_w) / s_y``;
 - :func:`qlinear_add`: ``QLinearAdd``, from the two inputs' stored integers;
 - :func:`logistic`: ``Sigmoid``, a rational polynomial evaluated with fused multiply-adds;
-- :func:`reduce_mean`: ``ReduceMean`` over H and W, Eigen's summation order.
+- :func:`reduce_mean`: ``ReduceMean`` over H and W of NCHW data, Eigen's summation order (a deployed graph may run
+  it on NHWC data, in another order that is not reproduced).
 
 Integers are returned as float64 tensors holding exact integer values ("levels", ``q - z``).
 """
