@@ -225,12 +225,14 @@ def test_export_report_warns_when_the_export_disagrees_with_the_simulation(tmp_p
     # an export that computes what the simulation computes in integer arithmetic (here both shifted alike), where
     # the float32 simulation predicts otherwise: the warning says that the float32 figures are not the export's
     integer = report._integer_logits
-    monkeypatch.setattr(report, "_integer_logits", lambda q, test: shifted_logits(torch.as_tensor(integer(q, test))).numpy())
+    monkeypatch.setattr(report, "_integer_logits",
+                        lambda q, test: shifted_logits(torch.as_tensor(integer(q, test))).numpy())
     s = report.export_and_measure(q, data, data, tmp_path / "float32", input_shape=(1, 3, 32, 32), latency_runs=2)
     a = s["agreement"]
     assert a["int8_vs_simulated"] == 100.0 and a["int8_vs_simulated_float32"] <= 90.0 + 1e-9
     assert s["simulated_integer_top1"] == s["int8_top1"]
     assert any("float rounding flips near-ties on this model" in w for w in s["warnings"])
+
 
 def test_the_simulated_bias_is_the_exported_int32_bias(tmp_path):
     """Integer kernels add the bias on an int32 grid (step: input scale x weight scale); the simulation must add

@@ -55,9 +55,9 @@ def export_and_measure(qmodel: nn.Module, calibration: Iterable, test: Iterable,
                        extra: dict[str, Any] | None = None, fp32_model: nn.Module | None = None) -> dict[str, Any]:
     """Write ``model_fp32.onnx``, ``model_int8.onnx`` and ``export.json`` (with ``extra`` merged in) to
     ``out_dir``; return that summary: sizes, simulated (float32 and integer arithmetic) and onnxruntime top-1
-    on ``test`` (a re-iterable of labelled batches), per-image agreement of the INT8 model with the simulation (and of both with ``fp32_model``,
-    the original float model, when given), batch latency of both models at 1 thread and at every core, and
-    ``warnings``."""
+    on ``test`` (a re-iterable of labelled batches), per-image agreement of the INT8 model with the simulation
+    (and of both with ``fp32_model``, the original float model, when given), batch latency of both models at 1
+    thread and at every core, and ``warnings``."""
     out = Path(out_dir)
     res = export(qmodel, calibration, out, input_shape=input_shape)
     sim32_logits, labels = predict(qmodel.cpu(), test)
@@ -106,7 +106,7 @@ def export_and_measure(qmodel: nn.Module, calibration: Iterable, test: Iterable,
                "fp32_onnx": str(res.fp32_path), "int8_onnx": str(res.int8_path), "fp32_bytes": res.fp32_bytes,
                "int8_bytes": res.int8_bytes, "simulated_top1": top1["sim32"],
                "simulated_integer_top1": top1["sim"], "int8_top1": top1["int8"],
-               "agreement": agreement, "agreement_images": len(sim_pred), "warnings": warnings, "measured_on": cpu,
+               "agreement": agreement, "agreement_images": n, "warnings": warnings, "measured_on": cpu,
                "fp32_latency_ms": fp32_ms, "int8_latency_ms": int8_ms, "latency_threads": best,
                "latency_ms_by_threads": lat, "int8_over_fp32": int8_ms / fp32_ms,
                "int8_over_fp32_one_thread": lat["int8"][1] / lat["fp32"][1], "fp32_layers": res.fp32_layers,

@@ -11,8 +11,9 @@ size) that alone flips a few percent of the predictions (experiments/RESULTS.md,
 :func:`integer_arithmetic` computes the simulation as the export does, so the export can be held to the simulation
 image by image: bit for bit on every family measured, except DenseNet (its un-folded BatchNorms run in PyTorch's
 float arithmetic) and, rarely, a squeeze-excitation's mean (onnxruntime sums it in NHWC in the deployed graph, in an
-order not reproduced: 2 of 360 images of EfficientNet-B0 at 224 px, same predictions; RESULTS, issue 18). The sums run in float64, where every partial sum of int8 products is an exact integer. It is for
-evaluation only: no gradient is recorded, and it is slower than the float32 simulation.
+order not reproduced: 2 of 360 images of EfficientNet-B0 at 224 px, same predictions; RESULTS, issue 18).
+The sums are exact: in float64, or in float32 where every partial sum stays below 2^24. It is for evaluation only:
+no gradient is recorded, and it is slower than the float32 simulation.
 
 It follows tensors through the model with a :class:`~torch.overrides.TorchFunctionMode`: what a layer writes is on a
 grid (its own output grid), or pending (its sums, requantized by the quantizer that reads them, through a fused
@@ -128,7 +129,8 @@ def _clamp_bounds(func: object, args: tuple, kwargs: dict) -> tuple[float, float
     if func is F.relu6:
         return 0.0, 6.0
     if func in (F.hardtanh, F.hardtanh_):
-        return float(_arg(args, kwargs, 1, "min_val", -1.0)), float(_arg(args, kwargs, 2, "max_val", 1.0))  # type: ignore[arg-type]
+        lo, hi = _arg(args, kwargs, 1, "min_val", -1.0), _arg(args, kwargs, 2, "max_val", 1.0)
+        return float(lo), float(hi)  # type: ignore[arg-type]
     return 0.0, None
 
 
@@ -201,20 +203,14 @@ def _integer_forward(ql: QuantLayer, x: torch.Tensor, ops: _IntegerOps) -> torch
     # every partial sum is an integer below fan_in * max|k_x| * max|k_w|: float32 holds it exactly below 2^24
     # (depthwise layers, most 1x1 layers), and runs faster; otherwise float64 (on CPU: CUDA may sum float32 in TF32)
     fan_in = kw[0].numel()
-    exact32 = FLOAT32_SUMS and kx.device.type == "cpu" and fan_in * float(kx.abs().max()) * float(kw.abs().max()) < 2.0 ** 24
+    bound = fan_in * float(kx.abs().max()) * float(kw.abs().max())
+    exact32 = FLOAT32_SUMS and kx.device.type == "cpu" and bound < 2.0 ** 24
     if exact32:
         kx, kw = kx.float(), kw.float()
-    if isinstance(layer, nn.Conv2d):
-        if type(layer).forward is not nn.Conv2d.forward:  # a forward of its own (static "same" padding)
-            params = {"weight": kw} if layer.bias is None else {"weight": kw, "bias": torch.zeros_like(kw[:, 0, 0, 0])}
-            acc = torch.func.functional_call(layer, params, (kx,))
-        else:
-            acc = layer._conv_forward(kx, kw, None)
-        shape: tuple[int, ...] = (1, -1, 1, 1)
-    else:
-        acc = F.linear(kx, kw)
-        shape = (1, -1)
-    acc = acc.double() if kb is None else acc.double() + kb.view(shape)
+    acc = ql.apply_layer(kx, kw, None).double()  # the bias is added in float64: it may exceed 2^24
+    shape = (1, -1, 1, 1) if isinstance(layer, nn.Conv2d) else (1, -1)
+    if kb is not None:
+        acc = acc + kb.view(shape)
     acc32, step = acc.float(), step.view(shape)  # int32 -> float32, rounded to nearest even, as the kernel does
     if spec.output is None:
         # requantized onto the grid of whatever quantizes it next (through a fused ReLU), else a float output

@@ -200,11 +200,17 @@ class QuantLayer(nn.Module):
         return b + (torch.round(b / step) * step - b).detach()
 
     def _run(self, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        return self.apply_layer(x, w, self.quant_bias())
+
+    def apply_layer(self, x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        """The wrapped layer's operation on ``x`` with weight ``w`` and ``bias`` (None: no bias, even where the layer
+        has one of its own)."""
         layer = self.layer
-        bias = self.quant_bias()
         if type(layer).forward not in (nn.Conv2d.forward, nn.Linear.forward):
             # a subclass with a forward of its own (e.g. TensorFlow-style static "same" padding before the conv):
-            # run it, with the quantized weight and bias in place of its own
+            # run it, with the given weight and bias in place of its own
+            if bias is None and layer.bias is not None:
+                bias = torch.zeros_like(layer.bias, dtype=w.dtype, device=w.device)
             params = {"weight": w} if bias is None else {"weight": w, "bias": bias}
             return torch.func.functional_call(layer, params, (x,))
         if isinstance(layer, nn.Conv2d):
