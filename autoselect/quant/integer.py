@@ -143,6 +143,7 @@ class _IntegerOps(TorchFunctionMode):
         super().__init__()
         self.tracked = _Tracked()
         self.fma = mlas_fma_kernels()
+        self.weight_levels: dict[int, torch.Tensor] = {}  # each layer's integer weights, computed once per block
 
     def __torch_function__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
         kwargs = kwargs or {}
@@ -196,7 +197,9 @@ def _integer_forward(ql: QuantLayer, x: torch.Tensor, ops: _IntegerOps) -> torch
     sx, zx = ql.act_qparams()
     sw, zw = ql.weight_qparams()
     kx = ops.levels(x, sx, zx, spec.act)
-    kw = mlas.quantize(ql.effective_weight(), sw, zw, spec.weight)
+    kw = ops.weight_levels.get(id(ql))
+    if kw is None:  # the weights do not change within integer_arithmetic (no gradient)
+        kw = ops.weight_levels[id(ql)] = mlas.quantize(ql.effective_weight(), sw, zw, spec.weight)
     step = (sx.float() * sw.float()).reshape(-1)  # s_x * s_w, per output channel (float32)
     b = ql.quant_bias()  # on the int32 grid already: its levels are exact integers
     kb = None if b is None else torch.round(b.detach().float() / step).double()
