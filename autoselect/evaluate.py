@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Iterable
 
 import torch
@@ -12,7 +11,7 @@ from tqdm.auto import tqdm
 from autoselect.data.batches import split_batch
 from autoselect.errors import AutoselectError
 
-__all__ = ["resolve_device", "predict", "float64_logits", "accuracy", "correct"]
+__all__ = ["resolve_device", "predict", "accuracy", "correct"]
 
 
 def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
@@ -43,13 +42,6 @@ def predict(model: nn.Module, data: Iterable, *, device: torch.device | str = "c
     if not logits:
         raise ValueError("no batches to evaluate")
     return torch.cat(logits), (torch.cat(labels) if labels else None)
-
-
-def float64_logits(model: nn.Module, data: Iterable) -> torch.Tensor:
-    """``model``'s logits computed in float64 (on a copy of it, on CPU), returned as float32: for a quantized model,
-    the same simulation with less float rounding, whose distance from the float32 run is the floor of how closely
-    any other arithmetic (an integer runtime) can be expected to match it."""
-    return predict(copy.deepcopy(model).cpu().double(), data, dtype=torch.float64)[0]
 
 
 def accuracy(model: nn.Module, data: Iterable, *, device: torch.device | str = "cpu", progress: bool = False,

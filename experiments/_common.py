@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import copy
 from dataclasses import replace
 from pathlib import Path
 
 import torch
 
 from autoselect._io import atomic_path
+from autoselect.evaluate import predict
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"
@@ -28,6 +30,13 @@ def reference_parser(doc: str | None, out_name: str) -> argparse.ArgumentParser:
 
 def apply_threads(args: argparse.Namespace) -> None:
     torch.set_num_threads(args.threads)
+
+
+def float64_logits(model, data) -> torch.Tensor:
+    """``model``'s logits computed in float64 (on a copy of it, on CPU), returned as float32: for a quantized model,
+    the same simulation with less float rounding (issue 18's float-rounding floor, before the integer arithmetic of
+    ``autoselect.quant.integer`` replaced it in the export report)."""
+    return predict(copy.deepcopy(model).cpu().double(), data, dtype=torch.float64)[0]
 
 
 def logit_rel_err(a, b) -> float:

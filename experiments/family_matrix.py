@@ -31,10 +31,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from _common import RESULTS, ROOT, logit_rel_err, save_result
+from _common import RESULTS, ROOT, float64_logits, logit_rel_err, save_result
 
 from autoselect import load_images, load_model
-from autoselect.evaluate import float64_logits
 from autoselect.export import export, ort_session
 from autoselect.models import save_checkpoint
 from autoselect.plan import LayerAction, Plan

@@ -12,10 +12,9 @@ import argparse
 import json
 
 import torch
-from _common import logit_rel_err
+from _common import float64_logits, logit_rel_err
 
 from autoselect import load_images, load_model
-from autoselect.evaluate import float64_logits
 from autoselect.plan import LayerAction, Plan
 from autoselect.quant.apply import apply_plan
 
